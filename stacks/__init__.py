@@ -1,0 +1,1 @@
+"""Stage programs (one per stack) and the typed stage configuration."""

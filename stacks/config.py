@@ -1,0 +1,224 @@
+"""Typed stage configuration loaded from Pulumi config.
+
+Every key of the project namespace (``aistack:``) and the provider keys the stages rely on
+(``yandex:folderId``, ``yandex:zone``) are parsed into frozen pydantic models. A missing or
+invalid key fails before any resource is created, with a message that names the key, the
+stack file and the allowed values. Validation rules are the components' own functions, so a
+limit is written once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from components import serverless, storage
+from components.base import check_labels
+
+PROJECT = "aistack"
+PROVIDER = "yandex"
+STAGES = ("mvp", "partner", "prod")
+ZONES = ("ru-central1-a", "ru-central1-b", "ru-central1-d")
+
+
+class ConfigError(Exception):
+    """Stack configuration is missing or invalid; the message says what to fix and where."""
+
+
+def _check(fn: Any) -> AfterValidator:
+    def run(value: Any) -> Any:
+        fn(value)
+        return value
+
+    return AfterValidator(run)
+
+
+Sha256 = Annotated[str, _check(storage.check_sha256)]
+ImageDigest = Annotated[str, _check(serverless.check_image_digest)]
+MemoryMb = Annotated[int, _check(serverless.check_memory)]
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, extra="forbid", frozen=True, populate_by_name=False)
+
+
+class ReleasePins(Settings):
+    """What a release is: the service image and the model, both pinned by digest."""
+
+    image_digest: ImageDigest
+    model_sha256: Sha256
+    model_version: str | None = None
+
+
+class ModelSettings(Settings):
+    name: str = Field("digits", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    #: Local directory with ``model.onnx`` and ``card.json`` (``stagectl model build`` writes it).
+    dir: str = "models/digits"
+
+
+class StorageSettings(Settings):
+    bucket_name: Annotated[str, _check(storage.check_bucket_name)] | None = None
+    model_prefix: str = "models/"
+    log_prefix: str = "predictions/"
+    log_retention_days: int = Field(365, ge=1, le=3650)
+    log_cold_after_days: int | None = Field(30, ge=1)
+    noncurrent_version_days: int = Field(30, ge=1, le=3650)
+    max_size_gb: int | None = Field(None, ge=1)
+    force_destroy: bool = False
+    kms_deletion_protection: bool = True
+
+
+class ServerlessSettings(Settings):
+    memory_mb: MemoryMb = 1024
+    cores: Literal[1, 2, 3, 4] = 1
+    core_fraction: int = Field(100, ge=serverless.CORE_FRACTION_RANGE[0], le=serverless.CORE_FRACTION_RANGE[1])
+    concurrency: int = Field(4, ge=serverless.CONCURRENCY_RANGE[0], le=serverless.CONCURRENCY_RANGE[1])
+    execution_timeout_s: int = Field(30, ge=serverless.TIMEOUT_RANGE_S[0], le=serverless.TIMEOUT_RANGE_S[1])
+    provisioned_instances: int = Field(0, ge=0, le=100)
+    public: bool = False
+    log_retention_days: int = Field(7, ge=1, le=3653)
+    log_level: Literal["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"] = "INFO"
+    #: Largest number of instances one predict request may carry.
+    max_instances: int = Field(64, ge=1, le=4096)
+    #: Require an ``X-API-Key`` header on predict endpoints (the key itself is a secret config value).
+    require_api_key: bool = False
+
+
+class StageConfig(Settings):
+    """Settings every stage has."""
+
+    stage: Literal["mvp", "partner", "prod"]
+    folder_id: str = Field(pattern=r"^[a-z0-9]{1,50}$")
+    zone: Literal["ru-central1-a", "ru-central1-b", "ru-central1-d"] = "ru-central1-a"
+    labels: dict[str, str] = Field(default_factory=dict)
+    release: ReleasePins
+    model: ModelSettings = Field(default_factory=ModelSettings)
+
+    def resource_labels(self) -> dict[str, str]:
+        """Labels for every resource: user labels plus ``project`` and ``stage``."""
+        return check_labels({**self.labels, "project": PROJECT, "stage": self.stage}, "aistack:labels")
+
+    def default_bucket_name(self) -> str:
+        return f"{PROJECT}-{self.stage}-{self.folder_id}"
+
+
+class MvpConfig(StageConfig):
+    stage: Literal["mvp"]
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    serverless: ServerlessSettings = Field(default_factory=ServerlessSettings)
+
+    @property
+    def bucket_name(self) -> str:
+        return self.storage.bucket_name or self.default_bucket_name()
+
+
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {"mvp": MvpConfig}
+
+#: Keys that hold secrets. They are read by the programs as Pulumi secrets
+#: (``Config.get_secret``), never into the typed config, and must be set with ``--secret``.
+SECRET_KEYS = frozenset({"apiKey"})
+
+#: Keys read from the provider's namespace, with the name they take in the typed config.
+PROVIDER_KEYS = {"folderId": "folderId", "zone": "zone"}
+
+
+def _parse_value(raw: Any) -> Any:
+    """Pulumi passes config as strings; structured values are JSON."""
+    if isinstance(raw, str) and raw[:1] in "{[":
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _key_name(loc: tuple[int | str, ...]) -> str:
+    head, *rest = [str(p) for p in loc]
+    namespace = PROVIDER if head in PROVIDER_KEYS.values() else PROJECT
+    path = head + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in rest)
+    return f"{namespace}:{path}"
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "is required but not set"
+    if kind == "extra_forbidden":
+        return "is not a known setting (misspelled?)"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{message} (got {error.get('input')!r})"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The allowed keys at the level where an unknown key was found."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = current.model_fields.get(_field_name(current, str(part)))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        current = field.annotation
+    return sorted(f.alias or n for n, f in current.model_fields.items())
+
+
+def _field_name(model: type[BaseModel], alias: str) -> str:
+    for name, field in model.model_fields.items():
+        if field.alias == alias:
+            return name
+    return alias
+
+
+def load_stage_config(stack: str, config: Mapping[str, Any],
+                      secret_keys: Collection[str] | None = None) -> StageConfig:
+    """Build the typed config of ``stack`` from the flat Pulumi config map (``ns:key`` -> value).
+
+    ``secret_keys`` are the keys the engine marks secret; a secret-holding key set in plain
+    text is refused when it is given.
+    """
+    stack_file = f"Pulumi.{stack}.yaml"
+    data: dict[str, Any] = {}
+    for key, raw in config.items():
+        namespace, _, name = key.partition(":")
+        if namespace == PROJECT and name in SECRET_KEYS:
+            if secret_keys is not None and key not in secret_keys:
+                raise ConfigError(
+                    f"{stack_file}: {key} holds a secret but is stored in plain text: remove it and run "
+                    f"`pulumi config set --secret {name} <value> --stack {stack}`"
+                )
+            continue
+        if namespace == PROJECT:
+            data[name] = _parse_value(raw)
+        elif namespace == PROVIDER and name in PROVIDER_KEYS:
+            data[PROVIDER_KEYS[name]] = _parse_value(raw)
+    data.setdefault("stage", stack)
+    stage = data["stage"]
+    if stage not in STAGES:
+        raise ConfigError(
+            f"{stack_file}: {PROJECT}:stage is {stage!r}; known stages: {', '.join(STAGES)} "
+            "(set aistack:stage or name the stack after its stage)"
+        )
+    model = STAGE_CONFIGS.get(stage)
+    if model is None:
+        raise StageNotBuilt(stage)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            line = f"  {_key_name(error['loc'])}: {_describe(error)}"
+            if error["type"] == "extra_forbidden":
+                known = _known_keys(model, error["loc"])
+                if known:
+                    line += f"; known keys here: {', '.join(known)}"
+            lines.append(line)
+        raise ConfigError(f"{stack_file}: invalid stack configuration:\n" + "\n".join(lines)) from None
+
+
+class StageNotBuilt(ConfigError):
+    def __init__(self, stage: str) -> None:
+        built = ", ".join(STAGE_CONFIGS)
+        super().__init__(f"the {stage!r} stage is not built yet (built stages: {built})")
+        self.stage = stage

@@ -1,0 +1,1 @@
+"""stagectl: the engineers' command line (plan, model build, ...)."""

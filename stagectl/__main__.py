@@ -1,0 +1,5 @@
+import sys
+
+from stagectl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,261 @@
+"""Offline plan: run a stack's program under Pulumi's mock runtime and record what it registers.
+
+No cloud credentials, network or Pulumi CLI are used. The program gets the stack's own
+``Pulumi.<stack>.yaml`` config; values stored encrypted (``secure:``) cannot be decrypted here
+and reach the program as the placeholder ``[secret]``, marked secret. Every secret value in
+the recorded inputs and outputs is replaced by ``"[secret]"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.output import Unknown
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+from pulumi.runtime.stack import run_in_stack
+from pulumi.runtime.sync_await import _sync_await
+
+SECRET = "[secret]"
+COMPUTED = "[computed]"
+STACK_TYPE = "pulumi:pulumi:Stack"
+
+
+class PlanError(Exception):
+    """The plan could not be made (unknown stack, invalid config, failing program)."""
+
+
+@dataclass(frozen=True)
+class PlannedResource:
+    urn: str
+    type: str
+    name: str
+    parent: str | None
+    inputs: dict[str, Any]
+    custom: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"urn": self.urn, "type": self.type, "name": self.name, "parent": self.parent,
+                "inputs": self.inputs}
+
+
+@dataclass
+class Plan:
+    stack: str
+    project: str
+    resources: list[PlannedResource] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def stack_urn(self) -> str:
+        return f"urn:pulumi:{self.stack}::{self.project}::{STACK_TYPE}::{self.project}-{self.stack}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "project": self.project,
+            "resources": [r.to_json() for r in self.resources],
+            "outputs": self.outputs,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=False)
+
+
+def redact(value: Any) -> Any:
+    """Replace secrets by ``[secret]`` and unknowns by ``[computed]``, recursively."""
+    if rpc.is_rpc_secret(value):
+        return SECRET
+    if isinstance(value, Unknown) or (isinstance(value, str) and value == rpc.UNKNOWN):
+        return COMPUTED
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # protobuf carries every number as a double
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, pulumi.Asset | pulumi.Archive):
+        return {"asset": getattr(value, "path", None) or getattr(value, "uri", None) or "[inline]"}
+    return value
+
+
+class _Mocks(pulumi.runtime.Mocks):
+    """Returns the inputs as state; ids are readable placeholders."""
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        return f"({args.name}.id)", dict(args.inputs)
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        return {}, None
+
+
+class _RecordingMonitor(pulumi_mocks.MockMonitor):
+    def __init__(self, plan: Plan, root: Path) -> None:
+        super().__init__(_Mocks())
+        self.plan = plan
+        self.root = f"{root}/"
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        if request.type != STACK_TYPE:
+            inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
+            self.plan.resources.append(PlannedResource(
+                urn=response.urn,
+                type=request.type,
+                name=request.name,
+                parent=request.parent if request.parent and request.parent != self.plan.stack_urn else None,
+                inputs=_relative_paths(redact(_drop_none(inputs)), self.root),
+                custom=bool(request.custom),
+            ))
+        return response
+
+    def RegisterResourceOutputs(self, request: Any) -> Any:
+        if request.urn == self.plan.stack_urn:
+            outputs = rpc.deserialize_properties(request.outputs, keep_unknowns=True)
+            self.plan.outputs = {k: COMPUTED if v is None else redact(v) for k, v in sorted(outputs.items())}
+        return super().RegisterResourceOutputs(request)
+
+
+def _relative_paths(value: Any, root: str) -> Any:
+    """Local file paths (uploaded objects) relative to the project, so plans compare across checkouts."""
+    if isinstance(value, str) and value.startswith(root):
+        return value[len(root):]
+    if isinstance(value, dict):
+        return {k: _relative_paths(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_paths(v, root) for v in value]
+    return value
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The directory holding ``Pulumi.yaml`` (this one or the nearest parent)."""
+    here = (start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        if (directory / "Pulumi.yaml").is_file():
+            return directory
+    raise PlanError(f"no Pulumi.yaml in {here} or its parents: run stagectl from the project directory")
+
+
+def known_stacks(root: Path) -> list[str]:
+    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in root.glob("Pulumi.*.yaml"))
+
+
+def load_stack_config(root: Path, stack: str) -> tuple[str, dict[str, str], list[str]]:
+    """Project name, the flat config map as the engine passes it, and the secret keys."""
+    project = yaml.safe_load((root / "Pulumi.yaml").read_text())["name"]
+    stack_file = root / f"Pulumi.{stack}.yaml"
+    if not stack_file.is_file():
+        raise PlanError(f"unknown stack {stack!r}: no {stack_file.name}; known stacks: "
+                        f"{', '.join(known_stacks(root)) or 'none'}")
+    document = yaml.safe_load(stack_file.read_text()) or {}
+    config: dict[str, str] = {}
+    secret_keys: list[str] = []
+    for key, value in (document.get("config") or {}).items():
+        full = key if ":" in key else f"{project}:{key}"
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            config[full] = SECRET
+            secret_keys.append(full)
+        elif isinstance(value, str):
+            config[full] = value
+        else:
+            config[full] = json.dumps(value)
+    return project, config, secret_keys
+
+
+def run_plan(stack: str, root: Path | None = None) -> Plan:
+    """Run ``stack``'s program under the mock runtime and return what it registered."""
+    from stacks import stages
+
+    root = project_root(root)
+    project, config, secret_keys = load_stack_config(root, stack)
+    return record(project, stack, config, secret_keys,
+                  lambda: stages.run(stack, config, root=root), root=root)
+
+
+def record(project: str, stack: str, config: dict[str, str], secret_keys: list[str],
+           program: Callable[[], object], root: Path, preview: bool = True) -> Plan:
+    """Run ``program`` under the mock runtime with the given config; return what it registered.
+
+    ``preview=False`` runs it as ``pulumi up`` would (``pulumi.runtime.is_dry_run()`` is false).
+    """
+    from components.base import ValidationError
+    from stacks.config import ConfigError
+
+    plan = Plan(stack=stack, project=project)
+    monitor = _RecordingMonitor(plan, root)
+    pulumi.runtime.set_mocks(monitor.mocks, project=project, stack=stack, preview=preview, monitor=monitor,
+                             logger=_plan_logger(plan.warnings))
+    pulumi.runtime.set_all_config(config, secret_keys)
+    # set_mocks registers a finished root stack of its own; run the program in a fresh one so
+    # its exports are recorded as the stack's outputs, as under the real engine.
+    pulumi.runtime.settings.set_root_resource(None)  # type: ignore[arg-type]
+    try:
+        with _construction_order() as order:
+            _sync_await(run_in_stack(lambda: _discard(program())))
+    except ConfigError as exc:
+        raise PlanError(str(exc)) from None
+    except ValidationError as exc:
+        raise PlanError(f"invalid setting: {exc}") from None
+    except Exception as exc:  # a component's ValidationError, or a program bug
+        raise PlanError(f"{type(exc).__name__}: {exc}") from exc
+    # The engine sees resources as their inputs resolve, which varies between runs; the plan
+    # lists them in the order the program constructed them, which does not.
+    rank = {key: i for i, key in enumerate(order)}
+    plan.resources.sort(key=lambda r: rank.get((r.type, r.name), len(rank)))
+    return plan
+
+
+def _discard(_: object) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def _construction_order() -> Iterator[list[tuple[str, str]]]:
+    """Record (type, name) of each resource as its constructor registers it, synchronously."""
+    import pulumi.resource as resource_module
+
+    order: list[tuple[str, str]] = []
+    original = resource_module.register_resource
+
+    def recording(res: Any, ty: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        order.append((ty, name))
+        return original(res, ty, name, *args, **kwargs)
+
+    resource_module.register_resource = recording
+    try:
+        yield order
+    finally:
+        resource_module.register_resource = original
+
+
+class _WarningSink(logging.Handler):
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(level=logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
+
+
+def _plan_logger(sink: list[str]) -> logging.Logger:
+    logger = logging.getLogger(f"stagectl.plan.{id(sink)}")
+    logger.propagate = False
+    logger.handlers = [_WarningSink(sink)]
+    return logger

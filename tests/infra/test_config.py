@@ -1,0 +1,83 @@
+"""Typed stage config: missing or invalid keys fail before any resource, naming key, file and rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from stacks.config import ConfigError, MvpConfig, load_stage_config
+from tests.infra.conftest import stack_config
+
+
+def test_repository_config_loads_with_defaults():
+    cfg = load_stage_config("mvp", stack_config())
+    assert isinstance(cfg, MvpConfig)
+    assert cfg.folder_id == "b1gexamplefolder0mvp"
+    assert cfg.serverless.memory_mb == 1024
+    assert cfg.storage.log_prefix == "predictions/"  # default
+    assert cfg.resource_labels() == {"team": "ml-platform", "project": "aistack", "stage": "mvp"}
+
+
+def test_missing_required_key_names_key_and_file():
+    config = stack_config(release={"modelSha256": "a" * 64})
+    with pytest.raises(ConfigError) as info:
+        load_stage_config("mvp", config)
+    assert str(info.value) == ("Pulumi.mvp.yaml: invalid stack configuration:\n"
+                               "  aistack:release.imageDigest: is required but not set")
+
+
+def test_missing_provider_folder_is_named_in_its_namespace():
+    config = stack_config()
+    del config["yandex:folderId"]
+    with pytest.raises(ConfigError, match=r"yandex:folderId: is required but not set"):
+        load_stage_config("mvp", config)
+
+
+def test_invalid_memory_names_the_rule_and_value():
+    config = stack_config(serverless={"memoryMb": 1000})
+    with pytest.raises(ConfigError) as info:
+        load_stage_config("mvp", config)
+    assert "aistack:serverless.memoryMb: memory 1000 MB is invalid: Serverless Containers take a multiple of " \
+           "128 MB, at most 8192 MB (e.g. 512, 1024, 2048) (got 1000)" in str(info.value)
+    assert str(info.value).startswith("Pulumi.mvp.yaml:")
+
+
+def test_invalid_choice_lists_allowed_values():
+    config = stack_config()
+    config["yandex:zone"] = "ru-central1-c"
+    with pytest.raises(ConfigError, match=r"yandex:zone: Input should be 'ru-central1-a', 'ru-central1-b' or "
+                                          r"'ru-central1-d' \(got 'ru-central1-c'\)"):
+        load_stage_config("mvp", config)
+
+
+def test_misspelled_key_lists_known_keys():
+    config = stack_config(serverless={"memoryMB": 1024})
+    with pytest.raises(ConfigError) as info:
+        load_stage_config("mvp", config)
+    message = str(info.value)
+    assert "aistack:serverless.memoryMB: is not a known setting (misspelled?)" in message
+    assert "known keys here: concurrency, coreFraction, cores" in message
+    assert "memoryMb" in message
+
+
+def test_unknown_top_level_key():
+    config = stack_config(serverles={"memoryMb": 1024})
+    with pytest.raises(ConfigError, match=r"aistack:serverles: is not a known setting .* serverless"):
+        load_stage_config("mvp", config)
+
+
+def test_every_error_is_reported_at_once():
+    config = stack_config(serverless={"memoryMb": 100, "concurrency": 99})
+    with pytest.raises(ConfigError) as info:
+        load_stage_config("mvp", config)
+    assert "memoryMb" in str(info.value) and "concurrency: Input should be less than or equal to 16" in str(info.value)
+
+
+def test_unknown_stage_lists_known_ones():
+    with pytest.raises(ConfigError, match=r"aistack:stage is 'staging'; known stages: mvp, partner, prod"):
+        load_stage_config("staging", {})
+
+
+@pytest.mark.parametrize("stage", ["partner", "prod"])
+def test_unbuilt_stages_say_so(stage):
+    with pytest.raises(ConfigError, match=f"the '{stage}' stage is not built yet"):
+        load_stage_config(stage, stack_config(stage))

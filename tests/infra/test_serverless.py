@@ -1,0 +1,73 @@
+"""ServerlessService: limits validated with their messages, public vs private invocation."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.base import ValidationError
+from components.serverless import SecretEnv, ServerlessService, ServerlessServiceArgs
+
+LABELS = {"project": "aistack", "stage": "mvp"}
+DIGEST = "sha256:" + "ab" * 32
+
+
+def args(**kw: object) -> ServerlessServiceArgs:
+    base: dict[str, object] = {"folder_id": "f", "service_account_id": "sa",
+                               "image_repository": "cr.yandex/r/inference", "image_digest": DIGEST}
+    return ServerlessServiceArgs(**{**base, **kw})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("memory", [128, 512, 1024, 8192])
+def test_valid_memory_is_accepted(memory):
+    assert args(memory_mb=memory).memory_mb == memory
+
+
+@pytest.mark.parametrize("memory", [0, 100, 1000, 8320, 16384])
+def test_invalid_memory_names_the_rule(memory):
+    with pytest.raises(ValidationError) as info:
+        args(memory_mb=memory)
+    assert str(info.value) == (f"memory {memory} MB is invalid: Serverless Containers take a multiple of 128 MB, "
+                               "at most 8192 MB (e.g. 512, 1024, 2048)")
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"cores": 8}, "cores 8 is invalid: allowed 1, 2, 3, 4"),
+    ({"core_fraction": 1}, "core fraction 1% is out of range: allowed 5-100%"),
+    ({"concurrency": 17}, "concurrency 17 is out of range: allowed 1-16"),
+    ({"execution_timeout_s": 7200}, "execution timeout 7200 s is out of range: allowed 1-3600 s"),
+    ({"image_digest": "latest"}, "image digest 'latest' is invalid"),
+    ({"log_min_level": "LOUD"}, "log level 'LOUD' is invalid"),
+])
+def test_other_limits(kw, message):
+    with pytest.raises(ValidationError, match=message):
+        args(**kw)
+
+
+def test_private_container_has_no_public_binding(run_component):
+    rec = run_component(lambda: ServerlessService("svc", args(public=False), LABELS))
+    assert rec.of_type("ServerlessContainerIamBinding") == []
+    container = rec.one("ServerlessContainer").inputs
+    assert container["image"]["url"] == f"cr.yandex/r/inference@{DIGEST}"
+    assert container["image"]["digest"] == DIGEST
+    assert container["logOptions"] == {"logGroupId": "(svc-logs.id)", "minLevel": "INFO"}
+    assert "provisionPolicy" not in container
+
+
+def test_public_container_is_invocable_by_all_users(run_component):
+    rec = run_component(lambda: ServerlessService("svc", args(public=True, provisioned_instances=1), LABELS))
+    binding = rec.one("ServerlessContainerIamBinding").inputs
+    assert binding == {"containerId": "(svc-container.id)", "role": "serverless.containers.invoker",
+                       "members": ["system:allUsers"]}
+    assert rec.one("ServerlessContainer").inputs["provisionPolicy"] == {"minInstances": 1}
+
+
+def test_environment_and_lockbox_secrets(run_component):
+    secret = SecretEnv("API_KEY", "sec-1", "ver-1", "API_KEY")
+    rec = run_component(lambda: ServerlessService(
+        "svc", args(environment={"MODEL_URI": "s3://b/m.onnx"}, secrets=[secret]), LABELS))
+    container = rec.one("ServerlessContainer").inputs
+    assert container["image"]["environment"] == {"MODEL_URI": "s3://b/m.onnx"}
+    assert container["secrets"] == [{"environmentVariable": "API_KEY", "id": "sec-1", "versionId": "ver-1",
+                                     "key": "API_KEY"}]
+    with pytest.raises(ValidationError, match="both plainly and from secrets"):
+        args(environment={"API_KEY": "x"}, secrets=[secret])
