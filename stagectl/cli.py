@@ -33,6 +33,16 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.run()
 
 
+def _docs(args: argparse.Namespace) -> int:
+    from stagectl import docs
+    from stagectl.plan import project_root
+
+    readme = project_root() / "README.md"
+    changed = docs.refresh(readme)
+    print(f"{readme.name}: {'updated' if changed else 'already current'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stagectl",
@@ -47,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=_plan)
 
     model.add_commands(sub)
+
+    docs = sub.add_parser("docs", help="regenerate README's stage diagrams from the stage programs")
+    docs.set_defaults(func=_docs)
 
     demo = sub.add_parser("demo", help="the main job on embedded defaults (what `make demo` runs)")
     demo.set_defaults(func=_demo)
