@@ -48,8 +48,8 @@ def _file_sha256(path: Path) -> str | None:
 def verify_model_file(path: Path, sha256: str, strict: bool) -> None:
     """Refuse to publish a model file that is not the pinned one.
 
-    A missing file is an error when deploying (``strict``) and a warning in a preview, so the
-    offline plan works before the model is built.
+    A missing or different file is an error when deploying (``strict``) and a warning in a
+    preview, so the offline plan works before the model is built and shows what a deploy would refuse.
     """
     if not path.is_file():
         message = (f"model file {path} does not exist: run `stagectl model build` "
@@ -60,10 +60,11 @@ def verify_model_file(path: Path, sha256: str, strict: bool) -> None:
         return
     actual = _file_sha256(path)
     if actual != sha256:
-        raise ValidationError(
-            f"model file {path} has sha256 {actual} but the stack pins release.modelSha256 {sha256}: "
-            "pin the file you mean to ship (stagectl model build prints its sha256)"
-        )
+        message = (f"model file {path} has sha256 {actual} but the stack pins release.modelSha256 {sha256}: "
+                   "pin the file you mean to ship (stagectl model build prints its sha256)")
+        if strict:
+            raise ValidationError(message)
+        pulumi.log.warn(message)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from components.base import ValidationError
@@ -54,11 +56,20 @@ def test_model_object_key_contains_sha256(run_component, model_dir):
     assert objects["data-model-card"]["key"] == f"models/digits/{sha}/card.json"
 
 
-def test_mismatching_model_file_is_refused(run_component, model_dir):
+def test_mismatching_model_file_is_refused_on_up_and_flagged_in_preview(run_component, model_dir):
     directory, _ = model_dir
     wrong = "a" * 64
-    with pytest.raises(PlanError, match=r"has sha256 [0-9a-f]{64} but the stack pins release.modelSha256 a{64}"):
-        run_component(lambda: make(str(directory), wrong))
+    message = r"has sha256 [0-9a-f]{64} but the stack pins release.modelSha256 a{64}"
+    with pytest.raises(PlanError, match=message):
+        run_component(lambda: make(str(directory), wrong), preview=False)
+    rec = run_component(lambda: make(str(directory), wrong))
+    assert any(re.search(message, w) for w in rec.plan.warnings)
+
+
+def test_matching_model_file_deploys_without_warning(run_component, model_dir):
+    directory, sha = model_dir
+    rec = run_component(lambda: make(str(directory), sha), preview=False)
+    assert rec.plan.warnings == []
 
 
 def test_missing_model_file_warns_in_preview_and_fails_on_up(run_component, tmp_path):
