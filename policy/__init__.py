@@ -1,0 +1,1 @@
+"""Guardrails (``guardrails.py``) and the pulumi-policy pack that enforces them (``__main__.py``)."""

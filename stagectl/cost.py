@@ -1,0 +1,319 @@
+"""Monthly cost of a stack, priced from the same resource graph ``stagectl plan`` produces.
+
+Each cloud resource of the plan is priced by its type from the price book
+(``pricing/yandex-cloud.yaml``) and the stack's usage assumptions (``aistack:usage``). A type
+that costs nothing by itself (IAM bindings, networks, security groups, Kubernetes objects that
+run on priced nodes) is listed as free; a type this model does not know is listed as unpriced,
+never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from stacks.config import UsageAssumptions
+from stagectl.plan import Plan, PlannedResource
+from stagectl.prices import Price, PriceBook
+
+#: The source document's monthly estimate of each stage (USD) and what it lists.
+SEED_ESTIMATES: dict[str, tuple[float, str]] = {
+    "mvp": (2.5, "Object Storage 100 GB ~$2 + Serverless Containers 1M requests ~$0.5"),
+    "partner": (235.0, "Compute VM ~$20 + Managed PostgreSQL ~$15 + NVIDIA T4 GPU ~$200"),
+    "prod": (780.0, "Managed Kubernetes ~$50 + ClickHouse ~$100 + GPU cluster ~$600 + ELK ~$30"),
+}
+
+HOURS_PER_MONTH = 730.0
+
+#: Resource kinds that cost nothing by themselves (what they stand for is priced elsewhere).
+FREE_KINDS = frozenset({
+    "IamServiceAccount", "IamServiceAccountStaticAccessKey", "IamServiceAccountKey",
+    "ResourcemanagerFolderIamMember", "KmsSymmetricKeyIamMember", "LockboxSecretIamMember",
+    "ContainerRegistryIamBinding", "ServerlessContainerIamBinding", "StorageBucketIamBinding",
+    "LockboxSecretVersion",  # one version is priced with its secret
+    "StorageObject",  # stored bytes are priced with the bucket (usage.storedGb)
+    "ContainerRepository", "ContainerRepositoryLifecyclePolicy",
+    "VpcNetwork", "VpcSubnet", "VpcSecurityGroup", "VpcRouteTable", "VpcDefaultSecurityGroup",
+    "MdbPostgresqlDatabase", "MdbPostgresqlUser", "MdbClickhouseDatabase", "MdbClickhouseUser",
+    "RandomPassword", "RandomString", "RandomId",
+    "Provider",
+})
+#: Packages whose resources run inside priced infrastructure (Kubernetes objects on priced nodes).
+FREE_PACKAGES = frozenset({"kubernetes", "random", "pulumi"})
+
+
+class CostError(Exception):
+    """The stack cannot be priced (a price is missing from the book, a preset is unknown)."""
+
+
+@dataclass(frozen=True)
+class CostLine:
+    what: str
+    quantity: float
+    unit: str
+    unit_price: float
+    monthly: float
+    estimate: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"what": self.what, "quantity": round(self.quantity, 6), "unit": self.unit,
+                "unit_price": self.unit_price, "monthly": round(self.monthly, 4)}
+
+
+@dataclass
+class CostItem:
+    urn: str
+    type: str
+    name: str
+    status: str  # "priced" | "free" | "unpriced"
+    lines: list[CostLine] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def monthly(self) -> float:
+        return sum(line.monthly for line in self.lines)
+
+    @property
+    def estimate(self) -> bool:
+        return any(line.estimate for line in self.lines)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"urn": self.urn, "type": self.type, "name": self.name,
+                                "monthly": round(self.monthly, 4), "lines": [ln.to_json() for ln in self.lines]}
+        if self.status != "priced":
+            data["status"] = self.status
+        if self.note:
+            data["note"] = self.note
+        return data
+
+
+@dataclass
+class CostReport:
+    stack: str
+    currency: str
+    prices_as_of: str
+    items: list[CostItem]
+    assumptions: dict[str, Any]
+    budget: float | None = None
+
+    @property
+    def monthly_total(self) -> float:
+        return sum(item.monthly for item in self.items)
+
+    @property
+    def unpriced(self) -> list[CostItem]:
+        return [i for i in self.items if i.status == "unpriced"]
+
+    @property
+    def seed(self) -> tuple[float, str] | None:
+        return SEED_ESTIMATES.get(self.stack)
+
+    def to_json(self) -> dict[str, Any]:
+        seed = self.seed
+        return {
+            "stack": self.stack,
+            "currency": self.currency,
+            "monthly_total": round(self.monthly_total, 2),
+            "prices_as_of": self.prices_as_of,
+            "items": [i.to_json() for i in self.items if i.status != "free"],
+            "free": [{"type": i.type, "name": i.name} for i in self.items if i.status == "free"],
+            "unpriced": [{"urn": i.urn, "type": i.type, "name": i.name, "reason": i.note} for i in self.unpriced],
+            "assumptions": self.assumptions,
+            "budget": self.budget,
+            "seed_estimate": {"monthly": seed[0], "currency": "USD", "breakdown": seed[1]} if seed else None,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+
+class _Pricer:
+    """Turns one resource into cost lines; shared helpers for the per-type functions."""
+
+    def __init__(self, book: PriceBook, usage: UsageAssumptions, currency: str) -> None:
+        self.book = book
+        self.usage = usage
+        self.currency = currency
+
+    def price(self, key: str) -> Price:
+        try:
+            return self.book.price(key)
+        except KeyError as exc:
+            raise CostError(str(exc).strip("'\"")) from None
+
+    def line(self, what: str, key: str, quantity: float, free: bool = True) -> CostLine:
+        price = self.price(key)
+        billed = max(0.0, quantity - price.free_units) if free and self.usage.free_tier else quantity
+        unit_price = price.amount(self.currency)
+        label = what if billed == quantity else f"{what} (after {price.free_units:g} {price.unit} free)"
+        return CostLine(label, billed, price.unit, unit_price, billed * unit_price, price.estimate)
+
+
+def _get(data: Mapping[str, Any] | None, path: str, default: Any = None) -> Any:
+    value: Any = data
+    for part in path.split("."):
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if not isinstance(value, Mapping):
+            return default
+        value = value.get(part)
+    return default if value is None else value
+
+
+def _serverless_container(r: PlannedResource, p: _Pricer) -> list[CostLine]:
+    u = p.usage
+    memory_gb = float(_get(r.inputs, "memory", 128)) / 1024
+    cores = float(_get(r.inputs, "cores", 1)) * float(_get(r.inputs, "coreFraction", 100)) / 100
+    busy_hours = u.requests_per_month * u.mean_duration_ms / 3_600_000
+    lines = [
+        p.line("invocations", "serverless.invocations", u.requests_per_month / 1_000_000),
+        p.line(f"memory {memory_gb:g} GB x {busy_hours:.2f} busy h", "serverless.memory", memory_gb * busy_hours),
+        p.line(f"vCPU {cores:g} x {busy_hours:.2f} busy h", "serverless.vcpu", cores * busy_hours),
+    ]
+    provisioned = int(_get(r.inputs, "provisionPolicy.minInstances", 0))
+    if provisioned:
+        hours = provisioned * u.hours_per_month
+        lines += [
+            p.line(f"{provisioned} provisioned instance(s): memory", "serverless.provisioned.memory",
+                   memory_gb * hours, free=False),
+            p.line(f"{provisioned} provisioned instance(s): vCPU", "serverless.provisioned.vcpu", cores * hours,
+                   free=False),
+        ]
+    return lines
+
+
+def _storage_bucket(r: PlannedResource, p: _Pricer) -> list[CostLine]:
+    u = p.usage
+    klass = str(_get(r.inputs, "defaultStorageClass", "STANDARD")).lower()
+    klass = {"standard_ia": "cold", "glacier": "ice"}.get(klass, klass)
+    put, get = p.price("storage.put_ops"), p.price("storage.get_ops")
+    return [
+        p.line(f"{u.stored_gb:g} GB stored ({klass})", f"storage.{klass}.gb_month", u.stored_gb),
+        p.line("write requests", "storage.put_ops", u.put_requests_per_month / _unit_size(put.unit)),
+        p.line("read requests", "storage.get_ops", u.get_requests_per_month / _unit_size(get.unit)),
+    ]
+
+
+def _unit_size(unit: str) -> float:
+    """``10K operations`` -> 10000; ``1M invocations`` -> 1e6; plain units -> 1."""
+    head = unit.split()[0].upper()
+    for suffix, factor in (("K", 1e3), ("M", 1e6)):
+        if head.endswith(suffix) and head[:-1].replace(".", "").isdigit():
+            return float(head[:-1]) * factor
+    return float(head) if head.replace(".", "").isdigit() else 1.0
+
+
+def _registry(r: PlannedResource, p: _Pricer) -> list[CostLine]:
+    return [p.line(f"{p.usage.registry_gb:g} GB of images", "registry.gb_month", p.usage.registry_gb)]
+
+
+def _logging_group(r: PlannedResource, p: _Pricer) -> list[CostLine]:
+    return [p.line(f"{p.usage.log_gb_per_month:g} GB of logs written", "logging.ingest", p.usage.log_gb_per_month)]
+
+
+def _lockbox_secret(r: PlannedResource, p: _Pricer) -> list[CostLine]:
+    return [p.line("1 active secret version", "lockbox.secret_version", 1, free=False)]
+
+
+def _kms_key(r: PlannedResource, p: _Pricer) -> list[CostLine]:
+    return [p.line("1 active key version", "kms.key_version", 1, free=False)]
+
+
+PRICERS: dict[str, Callable[[PlannedResource, _Pricer], list[CostLine]]] = {
+    "ServerlessContainer": _serverless_container,
+    "StorageBucket": _storage_bucket,
+    "ContainerRegistry": _registry,
+    "LoggingGroup": _logging_group,
+    "LockboxSecret": _lockbox_secret,
+    "KmsSymmetricKey": _kms_key,
+}
+
+
+def kind_of(token: str) -> str:
+    return token.rpartition(":")[2]
+
+
+def price_plan(plan: Plan, book: PriceBook, usage: UsageAssumptions, currency: str = "USD",
+               budget: float | None = None) -> CostReport:
+    """Price every cloud resource of ``plan``."""
+    pricer = _Pricer(book, usage, currency)
+    items: list[CostItem] = []
+    for resource in plan.resources:
+        if not resource.custom:
+            continue
+        kind = kind_of(resource.type)
+        item = CostItem(resource.urn, resource.type, resource.name, "priced")
+        handler = PRICERS.get(kind)
+        if handler is not None:
+            item.lines = handler(resource, pricer)
+        elif kind in FREE_KINDS or resource.type.split(":")[0] in FREE_PACKAGES:
+            item.status = "free"
+        else:
+            item.status = "unpriced"
+            item.note = f"no price model for {resource.type}"
+        items.append(item)
+    return CostReport(stack=plan.stack, currency=currency, prices_as_of=book.as_of, items=items,
+                      assumptions=usage.model_dump(by_alias=True), budget=budget)
+
+
+def render_table(report: CostReport, markdown: bool = False) -> str:
+    """Infracost-style breakdown: one block per resource, its lines, then the total."""
+    cur = report.currency
+    rows: list[tuple[str, str, str, str]] = []
+    for item in report.items:
+        if item.status == "free":
+            continue
+        if item.status == "unpriced":
+            rows.append((f"{item.name} ({kind_of(item.type)})", "", "", f"not priced: {item.note}"))
+            continue
+        rows.append((f"{item.name} ({kind_of(item.type)})", "", "", _money(item.monthly, cur)))
+        for line in item.lines:
+            mark = " *" if line.estimate else ""
+            rows.append((f"  {line.what}{mark}", f"{line.quantity:,.4g} {line.unit}",
+                         f"{_money(line.unit_price, cur, precise=True)}", _money(line.monthly, cur)))
+    free = sum(1 for i in report.items if i.status == "free")
+    seed = report.seed
+    footer = [f"Monthly total: {_money(report.monthly_total, cur)} (prices as of {report.prices_as_of})"]
+    if seed:
+        footer.append(f"Source document's estimate: ${seed[0]:,.2f} ({seed[1]})")
+    if report.budget is not None:
+        state = "over" if report.monthly_total > report.budget else "within"
+        footer.append(f"Budget: {_money(report.budget, cur)} ({state})")
+    footer.append(f"{free} free resources (IAM, networks, objects priced with their bucket) not listed")
+    if report.unpriced:
+        footer.append(f"{len(report.unpriced)} resources could not be priced (listed above)")
+    if any(i.estimate for i in report.items):
+        footer.append("* price is an estimate (see pricing/yandex-cloud.yaml)")
+    footer.append("Assumptions: " + ", ".join(f"{k}={v}" for k, v in report.assumptions.items()))
+    if markdown:
+        out = [f"#### `{report.stack}`: {_money(report.monthly_total, cur)} / month", "",
+               "| resource / line | quantity | unit price | monthly |", "|---|---:|---:|---:|"]
+        out += [f"| {a.replace('  ', '&nbsp;&nbsp;')} | {b} | {c} | {d} |" for a, b, c, d in rows]
+        return "\n".join(out + [""] + [f"- {f}" for f in footer])
+    width = max([len(r[0]) for r in rows] + [20])
+    out = [f"{'Resource / line':<{width}}  {'Quantity':>22}  {'Unit price':>14}  {'Monthly':>12}"]
+    out += [f"{a:<{width}}  {b:>22}  {c:>14}  {d:>12}" for a, b, c, d in rows]
+    return "\n".join([*out, "", *footer])
+
+
+def _money(value: float, currency: str, precise: bool = False) -> str:
+    symbol = "$" if currency == "USD" else "₽"
+    return f"{symbol}{value:,.6g}" if precise else f"{symbol}{value:,.2f}"
+
+
+def compare_seed(reports: Sequence[CostReport]) -> str:
+    """A Markdown table: computed monthly total beside the source document's figure."""
+    lines = ["| stage | computed | source document | difference |", "|---|---:|---:|---:|"]
+    for report in reports:
+        seed = report.seed
+        if seed is None:
+            continue
+        diff = report.monthly_total - seed[0]
+        lines.append(f"| {report.stack} | ${report.monthly_total:,.2f} | ~${seed[0]:,.2f} | {diff:+,.2f} |")
+    return "\n".join(lines)
+
+
+def as_dict(report: CostReport) -> dict[str, Any]:
+    return asdict(report)
