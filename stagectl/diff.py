@@ -27,6 +27,7 @@ from stagectl.plan import Plan, PlanError, PlannedResource, known_stacks, load_s
 from stagectl.prices import PriceBook, load_price_book
 
 MARKER = "<!-- aistack:stagectl-diff -->"
+PREVIEW_MARKER = "<!-- aistack:pulumi-preview -->"
 
 #: Runs in the base worktree with that revision's code: plans every stack, prints JSON.
 _BASE_DRIVER = """
@@ -268,10 +269,19 @@ def render_text(diffs: Sequence[StackDiff], base_ref: str) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(diffs: Sequence[StackDiff], base_ref: str) -> str:
+def _short(ref: str) -> str:
+    return ref[:12] if len(ref) == 40 and all(c in "0123456789abcdef" for c in ref) else ref
+
+
+def render_markdown(diffs: Sequence[StackDiff], base_ref: str, preview: bool = False) -> str:
     """One merge-request comment for all stacks (the marker lets CI update it in place)."""
-    out = [MARKER, "### Infrastructure change by stack", "",
-           f"Planned offline at `{base_ref[:12]}` and at this merge request; no cloud credentials used.", "",
+    if preview:
+        head = [PREVIEW_MARKER, "### `pulumi preview` by stack", "",
+                f"Previewed with credentials against {base_ref}.", ""]
+    else:
+        head = [MARKER, "### Infrastructure change by stack", "",
+                f"Planned offline at `{_short(base_ref)}` and at this merge request; no cloud credentials used.", ""]
+    out = [*head,
            "| stack | create | update | delete | monthly before | monthly after | delta | guardrails |",
            "|---|---:|---:|---:|---:|---:|---:|---|"]
     for d in diffs:
