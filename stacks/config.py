@@ -13,11 +13,22 @@ import json
 from collections.abc import Collection, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
-from components import serverless, storage
+from components import gpu, network, postgres, runner, serverless, storage
+from components.base import ValidationError as LimitError
 from components.base import check_labels
+from components.host_workload import Images, SshUser, check_pinned_image
 
 PROJECT = "aistack"
 PROVIDER = "yandex"
@@ -88,8 +99,37 @@ class ServerlessSettings(Settings):
     require_api_key: bool = False
 
 
+class UsageAssumptions(Settings):
+    """What the cost model assumes about a month of use; shown in every cost report."""
+
+    requests_per_month: int = Field(1_000_000, ge=0)
+    mean_duration_ms: float = Field(50.0, ge=0)
+    stored_gb: float = Field(100.0, ge=0)
+    put_requests_per_month: int = Field(100_000, ge=0)
+    get_requests_per_month: int = Field(1_000_000, ge=0)
+    registry_gb: float = Field(1.0, ge=0)
+    log_gb_per_month: float = Field(1.0, ge=0)
+    #: Hours a month that GPU hosts or GPU nodes run (730 = always on).
+    gpu_hours_per_month: float = Field(730.0, ge=0, le=744)
+    #: Hours a month that everything else runs.
+    hours_per_month: float = Field(730.0, ge=0, le=744)
+    egress_gb_per_month: float = Field(10.0, ge=0)
+    #: Subtract the monthly free tiers (they are per billing account, not per stack).
+    free_tier: bool = True
+
+
+class Budget(Settings):
+    """Monthly budget: a cost above it fails the ``budget`` guardrail."""
+
+    monthly: float = Field(gt=0)
+    currency: Literal["USD", "RUB"] = "USD"
+
+
 class StageConfig(Settings):
     """Settings every stage has."""
+
+    usage: UsageAssumptions = Field(default_factory=UsageAssumptions)
+    budget: Budget | None = None
 
     stage: Literal["mvp", "partner", "prod"]
     folder_id: str = Field(pattern=r"^[a-z0-9]{1,50}$")
@@ -116,11 +156,167 @@ class MvpConfig(StageConfig):
         return self.storage.bucket_name or self.default_bucket_name()
 
 
-STAGE_CONFIGS: dict[str, type[StageConfig]] = {"mvp": MvpConfig}
+Cidr = Annotated[str, _check(network.check_cidr)]
+SubnetCidr = Annotated[str, _check(network.check_subnet_cidr)]
+PinnedImage = Annotated[str, _check(check_pinned_image)]
+_IMAGES = Images()
+
+
+class NetworkSettings(Settings):
+    #: The stage subnet (in ``yandex:zone``).
+    cidr: SubnetCidr = "10.130.0.0/24"
+    #: Who may call the inference service (port 8080).
+    service_cidrs: list[Cidr] = Field(default_factory=lambda: [network.ANYWHERE], min_length=1)
+    #: Networks of the operators: Triton, Prometheus and Grafana are open to these and to the VPC;
+    #: SSH to these only, when ``ssh.enabled``.
+    admin_cidrs: list[Cidr] = Field(default_factory=list)
+
+
+class SshUserSettings(Settings):
+    name: str
+    ssh_keys: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _valid(self) -> SshUserSettings:
+        SshUser(self.name, tuple(self.ssh_keys))
+        return self
+
+
+class SshSettings(Settings):
+    #: Open port 22 to ``network.adminCidrs``. Users are created either way (serial console).
+    enabled: bool = False
+    users: list[SshUserSettings] = Field(default_factory=list)
+
+    def ssh_users(self) -> list[SshUser]:
+        return [SshUser(u.name, tuple(u.ssh_keys)) for u in self.users]
+
+
+class GpuHostSettings(Settings):
+    platform: str = gpu.T4
+    gpus: int = 1
+    cores: int = 8
+    memory_gb: int = 32
+    disk_size_gb: int = Field(100, ge=64, le=4096)
+    disk_type: Literal["network-ssd", "network-hdd"] = "network-ssd"
+    preemptible: bool = False
+    static_ip: bool = True
+    #: Boot from this image id instead of a copy of the latest Container-Optimized GPU image.
+    image_id: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> GpuHostSettings:
+        gpu.check_gpu_shape(self.platform, self.gpus, self.cores, self.memory_gb)
+        return self
+
+
+class TritonSettings(Settings):
+    image: PinnedImage = _IMAGES.triton
+    max_batch_size: int = Field(64, ge=1, le=65536)
+    max_queue_delay_us: int = Field(500, ge=0, le=1_000_000)
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    instance_count: int = Field(1, ge=1, le=16)
+
+
+class HostServiceSettings(Settings):
+    """The inference service container on the GPU host."""
+
+    max_instances: int = Field(64, ge=1, le=4096)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class PostgresSettings(Settings):
+    version: Literal["14", "15", "16", "17"] = "16"
+    resource_preset: Annotated[str, _check(postgres.check_preset)] = "s2.micro"
+    disk_type: Literal["network-ssd", "network-hdd", "network-ssd-nonreplicated", "local-ssd"] = "network-ssd"
+    disk_size_gb: int = 20
+    hosts: int = Field(1, ge=1, le=7)
+    database: str = "predictions"
+    user: str = "inference"
+    conn_limit: int = Field(50, ge=1, le=1000)
+    deletion_protection: bool = True
+    backup_retain_days: int = Field(7, ge=7, le=60)
+
+    @model_validator(mode="after")
+    def _disk(self) -> PostgresSettings:
+        postgres.check_disk(self.resource_preset, self.disk_type, self.disk_size_gb, self.hosts)
+        postgres.check_identifier("database name", self.database)
+        postgres.check_identifier("user name", self.user)
+        return self
+
+
+class MonitoringSettings(Settings):
+    prometheus_retention_days: int = Field(15, ge=1, le=365)
+    error_ratio: float = Field(0.05, gt=0, le=1)
+    p99_latency_ms: int = Field(500, ge=1, le=60_000)
+    gpu_memory_ratio: float = Field(0.9, gt=0, le=1)
+    gpu_utilisation_percent: float = Field(95, gt=0, le=100)
+    prometheus_image: PinnedImage = _IMAGES.prometheus
+    grafana_image: PinnedImage = _IMAGES.grafana
+    node_exporter_image: PinnedImage = _IMAGES.node_exporter
+    dcgm_exporter_image: PinnedImage = _IMAGES.dcgm_exporter
+    blackbox_exporter_image: PinnedImage = _IMAGES.blackbox_exporter
+
+
+class RunnerSettings(Settings):
+    #: Off unless configured; when on, the secret ``aistack:gitlabRunnerToken`` must be set.
+    enabled: bool = False
+    gitlab_url: str = Field("https://gitlab.com", pattern=r"^https://[^\s]+$")
+    cores: int = 2
+    memory_gb: int = 4
+    core_fraction: Literal[20, 50, 100] = 100
+    disk_size_gb: int = Field(64, ge=runner.DISK_RANGE_GB[0], le=runner.DISK_RANGE_GB[1])
+    preemptible: bool = False
+    concurrent: int = Field(2, ge=1, le=32)
+    runner_image: PinnedImage = "gitlab/gitlab-runner:v17.5.3"
+    job_image: PinnedImage = "alpine:3.20.3"
+
+    @model_validator(mode="after")
+    def _shape(self) -> RunnerSettings:
+        runner.check_runner_shape(self.cores, self.memory_gb, self.core_fraction)
+        return self
+
+
+class PartnerConfig(StageConfig):
+    stage: Literal["partner"]
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
+    ssh: SshSettings = Field(default_factory=SshSettings)
+    gpu_host: GpuHostSettings = Field(default_factory=GpuHostSettings)
+    triton: TritonSettings = Field(default_factory=TritonSettings)
+    service: HostServiceSettings = Field(default_factory=HostServiceSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+
+    @field_validator("gpu_host")
+    @classmethod
+    def _gpu_zone(cls, value: GpuHostSettings, info: ValidationInfo) -> GpuHostSettings:
+        zone = info.data.get("zone")
+        if zone is not None:
+            gpu.check_gpu_zone(value.platform, zone)
+        return value
+
+    @field_validator("ssh")
+    @classmethod
+    def _ssh_needs_admin_networks(cls, value: SshSettings, info: ValidationInfo) -> SshSettings:
+        net = info.data.get("network")
+        if value.enabled and net is not None and not net.admin_cidrs:
+            raise LimitError("SSH is enabled but network.adminCidrs is empty: SSH opens only to the admin "
+                             "networks; add your CIDR (e.g. 203.0.113.7/32) or set ssh.enabled to false")
+        if value.enabled and not value.users:
+            raise LimitError("SSH is enabled but ssh.users is empty: add a user with an SSH public key")
+        return value
+
+    @property
+    def bucket_name(self) -> str:
+        return self.storage.bucket_name or self.default_bucket_name()
+
+
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {"mvp": MvpConfig, "partner": PartnerConfig}
 
 #: Keys that hold secrets. They are read by the programs as Pulumi secrets
 #: (``Config.get_secret``), never into the typed config, and must be set with ``--secret``.
-SECRET_KEYS = frozenset({"apiKey"})
+SECRET_KEYS = frozenset({"apiKey", "gitlabRunnerToken"})
 
 #: Keys read from the provider's namespace, with the name they take in the typed config.
 PROVIDER_KEYS = {"folderId": "folderId", "zone": "zone"}

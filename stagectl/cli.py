@@ -6,12 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from stagectl import model
+from stagectl import model, prices
 from stagectl.plan import PlanError, run_plan
 
 
 def _plan(args: argparse.Namespace) -> int:
     from stagectl import render
+    from stagectl.checks import assess, render_guardrails
 
     try:
         plan = run_plan(args.stack)
@@ -24,7 +25,74 @@ def _plan(args: argparse.Namespace) -> int:
         print(render.mermaid(plan))
     else:
         print(render.tree(plan))
-    return 0
+    if args.no_checks:
+        return 0
+    assessment = assess(args.stack, plan=plan)
+    report = render_guardrails(assessment.guardrails)
+    print(report, file=sys.stderr if args.json or args.format != "tree" else sys.stdout)
+    return 3 if assessment.failed else 0
+
+
+def _cost(args: argparse.Namespace) -> int:
+    from stagectl.checks import assess
+    from stagectl.cost import render_table
+
+    try:
+        assessment = assess(args.stack)
+    except PlanError as exc:
+        print(f"stagectl cost {args.stack}: {exc}", file=sys.stderr)
+        return 2
+    report = assessment.cost
+    if args.format == "json":
+        print(report.dumps())
+    else:
+        print(render_table(report, markdown=args.format == "markdown"))
+    over = report.budget is not None and report.monthly_total > report.budget
+    return 3 if over else 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    import json as _json
+    from pathlib import Path
+
+    from stagectl import diff
+
+    try:
+        diffs = diff.run_diff(args.base, stacks=args.stack or None)
+    except (diff.DiffError, PlanError) as exc:
+        print(f"stagectl diff: {exc}", file=sys.stderr)
+        return 2
+    if args.gitlab_report:
+        diff.write_gitlab_reports(diffs, Path(args.gitlab_report))
+    if args.format == "json":
+        print(_json.dumps(diff.to_json(diffs), indent=2))
+    elif args.format == "markdown":
+        print(diff.render_markdown(diffs, args.base))
+    else:
+        print(diff.render_text(diffs, args.base))
+    return 3 if any(d.failed_guardrails for d in diffs) else 0
+
+
+def _preview_comment(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from stagectl import diff
+
+    diffs = []
+    for item in args.preview:
+        stack, sep, path = item.partition("=")
+        if not sep:
+            print(f"stagectl preview-comment: expected STACK=FILE, got {item!r}", file=sys.stderr)
+            return 2
+        try:
+            with open(path) as handle:
+                document = _json.load(handle)
+        except (OSError, ValueError) as exc:
+            print(f"stagectl preview-comment: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
+        diffs.append(diff.preview_to_diff(stack, document))
+    print(diff.render_markdown(diffs, args.base or "the deployed state", preview=True))
+    return 3 if any(d.failed_guardrails for d in diffs) else 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -54,7 +122,28 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("stack", help="stack name: mvp, partner or prod")
     plan.add_argument("--json", action="store_true", help="print the plan as one JSON document")
     plan.add_argument("--format", choices=("tree", "json", "mermaid"), default="tree")
+    plan.add_argument("--no-checks", action="store_true", help="skip the guardrails (exit 3 when one fails)")
     plan.set_defaults(func=_plan)
+
+    cost = sub.add_parser("cost", help="monthly cost of a stack from its plan, the price book and usage assumptions")
+    cost.add_argument("stack")
+    cost.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    cost.set_defaults(func=_cost)
+
+    diff = sub.add_parser("diff", help="what the working tree changes in every stack against a git revision")
+    diff.add_argument("--base", required=True, help="git revision to compare with (e.g. the merge base)")
+    diff.add_argument("--stack", action="append", help="limit to these stacks (repeatable)")
+    diff.add_argument("--format", choices=("text", "json", "markdown"), default="text")
+    diff.add_argument("--gitlab-report", metavar="DIR", help="write GitLab Terraform reports (DIR/<stack>.json)")
+    diff.set_defaults(func=_diff)
+
+    preview = sub.add_parser("preview-comment",
+                             help="render `pulumi preview --json` outputs as the merge-request comment")
+    preview.add_argument("preview", nargs="+", metavar="STACK=FILE", help="a stack and its preview JSON")
+    preview.add_argument("--base", help="what the preview compares with (shown in the comment)")
+    preview.set_defaults(func=_preview_comment)
+
+    prices.add_commands(sub)
 
     model.add_commands(sub)
 

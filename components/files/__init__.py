@@ -1,0 +1,1 @@
+"""Files shipped to the stage hosts (scripts the hosts run at boot)."""
