@@ -221,7 +221,138 @@ def _kms_key(r: PlannedResource, p: _Pricer) -> list[CostLine]:
     return [p.line("1 active key version", "kms.key_version", 1, free=False)]
 
 
+def _vm_lines(p: _Pricer, label: str, platform: str, resources: Mapping[str, Any], preemptible: bool,
+              hours: float, count: float = 1) -> list[CostLine]:
+    """vCPU, RAM and GPU lines of ``count`` VMs running ``hours`` a month."""
+    cores = float(resources.get("cores") or 0)
+    memory = float(resources.get("memory") or 0)
+    gpus = float(resources.get("gpus") or 0)
+    fraction = int(resources.get("coreFraction") or 100)
+    base = f"compute.{platform}" + (".preemptible" if preemptible else "")
+    gpu_platform = gpus > 0 or platform in ("standard-v3-t4", "gpu-standard-v3")
+    vcpu_key = f"{base}.vcpu" if gpu_platform else f"{base}.vcpu.{fraction}"
+    what = f"{label}{' (preemptible)' if preemptible else ''}: {count:g} x {hours:g} h"
+    lines = [
+        p.line(f"{what}, {cores:g} vCPU" + ("" if gpu_platform else f" at {fraction}%"), vcpu_key,
+               count * cores * hours, free=False),
+        p.line(f"{what}, {memory:g} GB RAM", f"{base}.ram", count * memory * hours, free=False),
+    ]
+    if gpus:
+        lines.append(p.line(f"{what}, {gpus:g} GPU", f"{base}.gpu", count * gpus * hours, free=False))
+    return lines
+
+
+def _disk_line(p: _Pricer, label: str, disk_type: str, size_gb: float, count: float = 1) -> CostLine:
+    return p.line(f"{label}: {count:g} x {size_gb:g} GB {disk_type}", f"disk.{disk_type}.gb_month",
+                  count * size_gb, free=False)
+
+
+def _compute_instance(r: PlannedResource, p: _Pricer) -> list[CostLine]:
+    resources = r.inputs.get("resources") or {}
+    gpus = float(resources.get("gpus") or 0)
+    hours = p.usage.gpu_hours_per_month if gpus else p.usage.hours_per_month
+    preemptible = bool(_get(r.inputs, "schedulingPolicy.preemptible", False))
+    lines = _vm_lines(p, "VM", str(r.inputs.get("platformId", "standard-v3")), resources, preemptible, hours)
+    boot = _get(r.inputs, "bootDisk.initializeParams", {})
+    lines.append(_disk_line(p, "boot disk", str(boot.get("type", "network-hdd")), float(boot.get("size") or 0)))
+    for nic in r.inputs.get("networkInterfaces") or []:
+        if nic.get("nat") and not nic.get("natIpAddress"):
+            lines.append(p.line(f"ephemeral public IP x {hours:g} h", "vpc.public_ip", hours, free=False))
+    return lines
+
+
+def _public_address(r: PlannedResource, p: _Pricer) -> list[CostLine]:
+    hours = p.usage.hours_per_month
+    return [p.line(f"static public IP x {hours:g} h (in use)", "vpc.public_ip", hours, free=False)]
+
+
+def _nat_gateway(r: PlannedResource, p: _Pricer) -> list[CostLine]:
+    hours = p.usage.hours_per_month
+    return [p.line(f"NAT gateway x {hours:g} h", "vpc.nat_gateway", hours, free=False)]
+
+
+def _network_balancer(r: PlannedResource, p: _Pricer) -> list[CostLine]:
+    hours = p.usage.hours_per_month
+    return [p.line(f"network load balancer x {hours:g} h", "nlb.balancer", hours, free=False)]
+
+
+def _mdb_host_lines(p: _Pricer, engine: str, preset_id: str, hosts: int, what: str) -> list[CostLine]:
+    try:
+        preset = p.book.preset(preset_id)
+    except KeyError as exc:
+        raise CostError(str(exc).strip("'\"")) from None
+    hours = p.usage.hours_per_month
+    label = f"{what} {preset_id}: {hosts} host(s) x {hours:g} h"
+    return [
+        p.line(f"{label}, {preset.cores:g} vCPU at {preset.core_fraction}%",
+               f"mdb.{engine}.{preset.platform}.vcpu.{preset.core_fraction}", hosts * preset.cores * hours,
+               free=False),
+        p.line(f"{label}, {preset.memory_gb:g} GB RAM", f"mdb.{engine}.{preset.platform}.ram",
+               hosts * preset.memory_gb * hours, free=False),
+    ]
+
+
+def _mdb_storage(p: _Pricer, engine: str, resources: Mapping[str, Any], hosts: int) -> CostLine:
+    disk, size = str(resources.get("diskTypeId", "network-ssd")), float(resources.get("diskSize") or 0)
+    return p.line(f"storage: {hosts} x {size:g} GB {disk}", f"mdb.{engine}.storage.{disk}.gb_month",
+                  hosts * size, free=False)
+
+
+def _postgresql(r: PlannedResource, p: _Pricer) -> list[CostLine]:
+    hosts = len(r.inputs.get("hosts") or []) or 1
+    resources = _get(r.inputs, "config.resources", {})
+    return [*_mdb_host_lines(p, "postgresql", str(resources.get("resourcePresetId")), hosts, "PostgreSQL"),
+            _mdb_storage(p, "postgresql", resources, hosts)]
+
+
+def _clickhouse(r: PlannedResource, p: _Pricer) -> list[CostLine]:
+    all_hosts = r.inputs.get("hosts") or []
+    hosts = sum(1 for h in all_hosts if str(h.get("type", "CLICKHOUSE")).upper() == "CLICKHOUSE") or 1
+    resources = _get(r.inputs, "clickhouse.resources", {})
+    lines = [*_mdb_host_lines(p, "clickhouse", str(resources.get("resourcePresetId")), hosts, "ClickHouse"),
+             _mdb_storage(p, "clickhouse", resources, hosts)]
+    keepers = sum(1 for h in all_hosts if str(h.get("type", "")).upper() == "ZOOKEEPER")
+    if keepers:
+        zk = _get(r.inputs, "zookeeper.resources", {})
+        lines += _mdb_host_lines(p, "clickhouse", str(zk.get("resourcePresetId", "b3-c1-m4")), keepers, "ZooKeeper")
+        lines.append(_mdb_storage(p, "clickhouse", zk, keepers))
+    return lines
+
+
+def _k8s_master(r: PlannedResource, p: _Pricer) -> list[CostLine]:
+    regional = bool(_get(r.inputs, "master.regional"))
+    hours = p.usage.hours_per_month
+    kind = "regional" if regional else "zonal"
+    return [p.line(f"{kind} master x {hours:g} h", f"k8s.master.{kind}", hours, free=False)]
+
+
+def _k8s_node_group(r: PlannedResource, p: _Pricer) -> list[CostLine]:
+    template = r.inputs.get("instanceTemplate") or {}
+    resources = template.get("resources") or {}
+    gpus = float(resources.get("gpus") or 0)
+    fixed = _get(r.inputs, "scalePolicy.fixedScale.size")
+    auto = _get(r.inputs, "scalePolicy.autoScale", {})
+    count = float(fixed if fixed is not None else auto.get("initial", auto.get("min", 1)) or 0)
+    hours = p.usage.gpu_hours_per_month if gpus else p.usage.hours_per_month
+    preemptible = bool(_get(template, "schedulingPolicy.preemptible", False))
+    label = f"nodes ({'fixed' if fixed is not None else 'autoscaled, initial'} {count:g})"
+    lines = _vm_lines(p, label, str(template.get("platformId", "standard-v3")), resources, preemptible, hours,
+                      count)
+    boot = template.get("bootDisk") or {}
+    lines.append(_disk_line(p, "node boot disks", str(boot.get("type", "network-hdd")),
+                            float(boot.get("size") or 64), count))
+    return lines
+
+
 PRICERS: dict[str, Callable[[PlannedResource, _Pricer], list[CostLine]]] = {
+    "ComputeInstance": _compute_instance,
+    "VpcAddress": _public_address,
+    "VpcGateway": _nat_gateway,
+    "LbNetworkLoadBalancer": _network_balancer,
+    "MdbPostgresqlCluster": _postgresql,
+    "MdbClickhouseCluster": _clickhouse,
+    "KubernetesCluster": _k8s_master,
+    "KubernetesNodeGroup": _k8s_node_group,
     "ServerlessContainer": _serverless_container,
     "StorageBucket": _storage_bucket,
     "ContainerRegistry": _registry,

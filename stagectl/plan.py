@@ -9,6 +9,7 @@ the recorded inputs and outputs is replaced by ``"[secret]"``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -88,11 +89,37 @@ def redact(value: Any) -> Any:
     return value
 
 
+#: Output-only values nested inside input blocks, unknown until the cloud creates the resource.
+_NESTED_COMPUTED: dict[str, tuple[tuple[str, str], ...]] = {
+    "VpcAddress": (("externalIpv4Address", "address"),),
+}
+
+
+@functools.cache
+def _output_names(token: str) -> frozenset[str]:
+    """Top-level output properties of a provider resource type (camelCase), from the SDK class."""
+    from components.yc import PACKAGE, yandex
+
+    if not token.startswith(f"{PACKAGE}:"):
+        return frozenset()
+    cls = getattr(yandex, token.rpartition(":")[2], None)
+    names = (getattr(v.fget, "_pulumi_name", None) for v in vars(cls).values() if isinstance(v, property)) \
+        if cls is not None else ()
+    return frozenset(n for n in names if n)
+
+
 class _Mocks(pulumi.runtime.Mocks):
-    """Returns the inputs as state; ids are readable placeholders."""
+    """Returns the inputs as state and every output-only property as unknown, as a preview sees
+    them; ids are readable placeholders so references between resources stay visible."""
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
-        return f"({args.name}.id)", dict(args.inputs)
+        state = dict(args.inputs)
+        for name in _output_names(args.typ):
+            state.setdefault(name, rpc.UNKNOWN)
+        for block, field_name in _NESTED_COMPUTED.get(args.typ.rpartition(":")[2], ()):
+            if isinstance(state.get(block), dict):
+                state[block] = {**state[block], field_name: rpc.UNKNOWN}
+        return f"({args.name}.id)", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         return {}, None

@@ -10,7 +10,7 @@ from pydantic.alias_generators import to_camel
 from stacks.config import UsageAssumptions
 from stagectl.cost import CostError, price_plan, render_table
 from stagectl.plan import Plan, PlannedResource
-from stagectl.prices import Price, PriceBook
+from stagectl.prices import Preset, Price, PriceBook
 
 Y = "yandex:index/"
 
@@ -35,7 +35,22 @@ BOOK = PriceBook("2026-01-01", "ru-central1", {p.key: p for p in [
     price("storage.put_ops", "1K operations", 0.004),
     price("storage.get_ops", "10K operations", 0.003),
     price("kms.key_version", "version-month", 0.5, estimate=True),
-]}, {})
+    price("compute.standard-v3-t4.vcpu", "vCPU-hour", 0.01),
+    price("compute.standard-v3-t4.ram", "GB-hour", 0.002),
+    price("compute.standard-v3-t4.gpu", "GPU-hour", 0.5),
+    price("compute.standard-v3-t4.preemptible.gpu", "GPU-hour", 0.1),
+    price("compute.standard-v3-t4.preemptible.vcpu", "vCPU-hour", 0.003),
+    price("compute.standard-v3-t4.preemptible.ram", "GB-hour", 0.001),
+    price("compute.standard-v3.vcpu.50", "vCPU-hour", 0.005),
+    price("compute.standard-v3.ram", "GB-hour", 0.002),
+    price("disk.network-ssd.gb_month", "GB-month", 0.1),
+    price("disk.network-hdd.gb_month", "GB-month", 0.02),
+    price("vpc.public_ip", "hour", 0.002),
+    price("mdb.postgresql.standard-v2.vcpu.100", "vCPU-hour", 0.016),
+    price("mdb.postgresql.standard-v2.ram", "GB-hour", 0.004),
+    price("mdb.postgresql.storage.network-ssd.gb_month", "GB-month", 0.1),
+    price("k8s.master.regional", "hour", 0.08),
+]}, {"s2.micro": Preset("s2.micro", "standard-v2", 2, 8, 100, "https://example.test/presets")})
 
 
 def resource(kind: str, name: str, **inputs: object) -> PlannedResource:
@@ -111,3 +126,57 @@ def test_json_shape_and_currency():
 def test_missing_price_is_a_clear_error():
     with pytest.raises(CostError, match=r"lockbox\.secret_version"):
         price_plan(plan(resource("LockboxSecret", "s")), BOOK, usage())
+
+
+def test_gpu_vm_always_on_versus_scheduled_preemptible():
+    vm = resource("ComputeInstance", "vm", platformId="standard-v3-t4",
+                  resources={"gpus": 1, "cores": 8, "memory": 32, "coreFraction": 100},
+                  bootDisk={"initializeParams": {"type": "network-ssd", "size": 100}},
+                  networkInterfaces=[{"nat": True}])
+    on = price_plan(plan(vm), BOOK, usage(gpu_hours_per_month=730))
+    # 730 h x (8 x 0.01 + 32 x 0.002 + 0.5) = 470.12; disk 100 x 0.1 = 10; ephemeral IP 730 x 0.002 = 1.46
+    assert on.monthly_total == pytest.approx(470.12 + 10 + 1.46)
+    cheap = resource("ComputeInstance", "vm", platformId="standard-v3-t4",
+                     resources={"gpus": 1, "cores": 8, "memory": 32}, schedulingPolicy={"preemptible": True},
+                     bootDisk={"initializeParams": {"type": "network-ssd", "size": 100}},
+                     networkInterfaces=[{"nat": True, "natIpAddress": "[computed]"}])
+    scheduled = price_plan(plan(cheap), BOOK, usage(gpu_hours_per_month=200))
+    # 200 h x (8 x 0.003 + 32 x 0.001 + 0.1) = 31.2; disk 10; the static address is priced on its own
+    assert scheduled.monthly_total == pytest.approx(31.2 + 10)
+
+
+def test_managed_postgresql_by_preset_hosts_and_disk():
+    cluster = resource("MdbPostgresqlCluster", "pg", hosts=[{"zone": "a"}, {"zone": "b"}],
+                       config={"resources": {"resourcePresetId": "s2.micro", "diskTypeId": "network-ssd",
+                                             "diskSize": 20}})
+    report = price_plan(plan(cluster), BOOK, usage(hours_per_month=730))
+    # 2 hosts x 730 h x (2 x 0.016 + 8 x 0.004) = 93.44; storage 2 x 20 x 0.1 = 4
+    assert report.monthly_total == pytest.approx(93.44 + 4)
+    unknown = resource("MdbPostgresqlCluster", "pg", config={"resources": {"resourcePresetId": "z9.giant"}})
+    with pytest.raises(CostError, match=r"z9\.giant"):
+        price_plan(plan(unknown), BOOK, usage())
+
+
+def test_kubernetes_master_and_autoscaled_node_group():
+    cluster = resource("KubernetesCluster", "k8s", master={"regional": {"region": "ru-central1"}})
+    nodes = resource("KubernetesNodeGroup", "cpu",
+                     instanceTemplate={"platformId": "standard-v3",
+                                       "resources": {"cores": 2, "memory": 4, "coreFraction": 50},
+                                       "bootDisk": {"type": "network-hdd", "size": 64}},
+                     scalePolicy={"autoScale": {"min": 1, "max": 5, "initial": 2}})
+    report = price_plan(plan(cluster, nodes), BOOK, usage(hours_per_month=730))
+    master, group = report.items
+    assert master.monthly == pytest.approx(730 * 0.08)
+    # 2 nodes x 730 h x (2 x 0.005 + 4 x 0.002) = 26.28; disks 2 x 64 x 0.02 = 2.56
+    assert group.monthly == pytest.approx(26.28 + 2.56)
+
+
+def test_component_presets_agree_with_the_price_book():
+    from components.postgres import RESOURCE_PRESETS
+    from stagectl.prices import load_price_book
+
+    book = load_price_book()
+    for name, preset in RESOURCE_PRESETS.items():
+        priced = book.preset(name)
+        assert (priced.cores, priced.memory_gb) == (preset.cores, preset.memory_gb), name
+        assert (priced.core_fraction < 100) == preset.burstable, name

@@ -86,7 +86,9 @@ def test_gpu_host_as_registered(run_component):
     assert vm["schedulingPolicy"] == {"preemptible": True}
     assert vm["serviceAccountId"] == "sa-1"
     assert vm["bootDisk"]["initializeParams"] == {"imageId": "(gpu-image.id)", "size": 100, "type": "network-ssd"}
-    assert vm["networkInterfaces"] == [{"subnetId": "subnet-1", "nat": True, "securityGroupIds": ["sg-1"]}]
+    # the static address is only known once created; a preview shows it as computed
+    assert vm["networkInterfaces"] == [{"subnetId": "subnet-1", "nat": True, "natIpAddress": "[computed]",
+                                        "securityGroupIds": ["sg-1"]}]
     assert vm["metadata"] == {"docker-compose": "services: {}\n", "user-data": "#cloud-config\n{}\n",
                               "serial-port-enable": "0"}
     assert vm["metadataOptions"] == {"gceHttpEndpoint": 1, "gceHttpToken": 1, "awsV1HttpEndpoint": 2,
