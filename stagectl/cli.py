@@ -111,6 +111,43 @@ def _docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _promote(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from stagectl.plan import project_root
+    from stagectl.promote import PromotionRefused, promote
+
+    root = project_root()
+    try:
+        promotion = promote(args.source, args.target, root, endpoint=args.endpoint,
+                            golden=Path(args.golden) if args.golden else None, force=args.force,
+                            dry_run=args.dry_run)
+    except PromotionRefused as exc:
+        print(f"stagectl promote {args.source} {args.target}: refused: {exc}", file=sys.stderr)
+        return 4
+    for gate in promotion.gates:
+        print(f"ok  {gate}")
+    diff_text = promotion.diff(root)
+    print(diff_text or "the target already pins this release: nothing to change")
+    if args.dry_run:
+        print("dry run: no file was changed")
+    return 0
+
+
+def _mr_note(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from stagectl.gitlab import GitLabError, MergeRequest
+
+    try:
+        action, note = MergeRequest.from_env().upsert_note(Path(args.file).read_text())
+    except (GitLabError, OSError) as exc:
+        print(f"stagectl mr-note: {exc}", file=sys.stderr)
+        return 2
+    print(f"merge-request note {note} {action}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stagectl",
@@ -142,6 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("preview", nargs="+", metavar="STACK=FILE", help="a stack and its preview JSON")
     preview.add_argument("--base", help="what the preview compares with (shown in the comment)")
     preview.set_defaults(func=_preview_comment)
+
+    prom = sub.add_parser("promote", help="copy a release's pins from one stage to the next, behind gates")
+    prom.add_argument("source", metavar="FROM", help="stage whose release is promoted (mvp or partner)")
+    prom.add_argument("target", metavar="TO", help="the next stage (partner or prod)")
+    prom.add_argument("--endpoint", help="the source stage's service URL (default: its stack output)")
+    prom.add_argument("--golden", help="golden input JSON {instances, labels} (default: beside the model)")
+    prom.add_argument("--dry-run", action="store_true", help="run every gate and show the diff; change nothing")
+    prom.add_argument("--force", action="store_true", help="allow promoting backwards or skipping a stage")
+    prom.set_defaults(func=_promote)
+
+    note = sub.add_parser("mr-note", help="post FILE as the merge-request comment, updating it in place (CI)")
+    note.add_argument("file", help="Markdown whose first line is the comment's marker")
+    note.set_defaults(func=_mr_note)
 
     prices.add_commands(sub)
 

@@ -1,0 +1,267 @@
+"""``stagectl promote FROM TO``: move a release (image digest + model sha256) to the next stage.
+
+A release is what ``aistack:release`` pins in a stack file. Promotion copies the source stage's
+pins into the target stack file, editing only those values (comments, order and everything else
+stay as they were), and for ``prod`` also the image digest of ``deploy/``'s prod overlay, which
+ArgoCD syncs. It refuses, with a reason, unless every gate passes:
+
+1. order: only to the next stage (mvp -> partner -> prod) unless ``--force``;
+2. pinned: the source pins the image by digest and the model by sha256;
+3. smoke test: the source stage's endpoint answers the golden input with the expected labels and
+   serves the pinned model version;
+4. target: the target stack, with the new pins, passes every guardrail and its budget.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import json
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+STAGE_ORDER = ("mvp", "partner", "prod")
+PIN_KEYS = ("imageDigest", "modelSha256", "modelVersion")
+RELEASE_KEY = "aistack:release"
+OVERLAY = Path("deploy") / "overlays" / "prod" / "kustomization.yaml"
+SERVICE_IMAGE = "inference"
+#: The stack output holding each stage's service endpoint.
+ENDPOINT_OUTPUTS = {"mvp": "invoke_url", "partner": "service_url", "prod": "ingress_url"}
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class PromotionRefused(Exception):
+    """A gate refused the promotion; the message says which and why."""
+
+
+@dataclass
+class Promotion:
+    source: str
+    target: str
+    pins: dict[str, str]
+    changes: dict[Path, tuple[str, str]] = field(default_factory=dict)  # path -> (before, after)
+    gates: list[str] = field(default_factory=list)
+
+    def diff(self, root: Path) -> str:
+        out: list[str] = []
+        for path, (before, after) in self.changes.items():
+            rel = path.relative_to(root)
+            out += difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
+                                        f"a/{rel}", f"b/{rel}")
+        return "".join(out)
+
+
+def _yaml() -> YAML:
+    yaml = YAML()  # round-trip: keeps comments, order and quoting
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
+def _load(path: Path) -> Any:
+    return _yaml().load(path.read_text())
+
+
+def _dump(document: Any) -> str:
+    stream = io.StringIO()
+    _yaml().dump(document, stream)
+    return stream.getvalue()
+
+
+def read_pins(root: Path, stack: str) -> dict[str, str]:
+    path = root / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        raise PromotionRefused(f"no {path.name}: known stages are {', '.join(STAGE_ORDER)}")
+    release = ((_load(path) or {}).get("config") or {}).get(RELEASE_KEY) or {}
+    pins = {k: str(release[k]) for k in PIN_KEYS if release.get(k) is not None}
+    if "imageDigest" not in pins or "modelSha256" not in pins:
+        raise PromotionRefused(f"{path.name} has no complete release: set {RELEASE_KEY}.imageDigest and .modelSha256")
+    return pins
+
+
+def check_order(source: str, target: str, force: bool) -> str:
+    for stage in (source, target):
+        if stage not in STAGE_ORDER:
+            raise PromotionRefused(f"unknown stage {stage!r}: stages are {' -> '.join(STAGE_ORDER)}")
+    step = STAGE_ORDER.index(target) - STAGE_ORDER.index(source)
+    if step == 1:
+        return f"order: {source} -> {target} is the next stage"
+    if force:
+        return f"order: {source} -> {target} forced (--force)"
+    if step <= 0:
+        raise PromotionRefused(f"refusing to promote backwards or in place ({source} -> {target}): releases move "
+                               f"{' -> '.join(STAGE_ORDER)}; pass --force to roll back deliberately")
+    skipped = ", ".join(STAGE_ORDER[STAGE_ORDER.index(source) + 1:STAGE_ORDER.index(target)])
+    raise PromotionRefused(f"refusing to skip {skipped} ({source} -> {target}): promote through each stage, "
+                           "or pass --force")
+
+
+def check_pinned(pins: Mapping[str, str], source: str) -> str:
+    if not _DIGEST.match(pins["imageDigest"]):
+        raise PromotionRefused(f"the {source} image is not pinned by digest ({pins['imageDigest']!r}): a release "
+                               "needs 'sha256:<64 hex>' as recorded by the build job")
+    if not _SHA256.match(pins["modelSha256"]):
+        raise PromotionRefused(f"the {source} model pin {pins['modelSha256']!r} is not a sha256 digest")
+    return f"pinned: image {pins['imageDigest'][:19]}..., model {pins['modelSha256'][:12]}"
+
+
+def load_golden(path: Path) -> tuple[list[list[float]], list[int]]:
+    try:
+        data = json.loads(path.read_text())
+        return data["instances"], [int(label) for label in data["labels"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PromotionRefused(f"no usable golden input at {path} ({exc}): `stagectl model build` writes it "
+                               "beside the model; pass --golden FILE for another model") from None
+
+
+def smoke_test(endpoint: str, golden: Path, pins: Mapping[str, str], source: str,
+               api_key: str | None = None, timeout: float = 15.0) -> str:
+    """POST the golden input to ``endpoint``/v1/predict; the labels and model version must match."""
+    instances, labels = load_golden(golden)
+    request = urllib.request.Request(
+        endpoint.rstrip("/") + "/v1/predict", data=json.dumps({"instances": instances}).encode(),
+        headers={"Content-Type": "application/json", **({"X-API-Key": api_key} if api_key else {})}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise PromotionRefused(f"smoke test of {source} failed: {endpoint} answered HTTP {exc.code} "
+                               f"{exc.read()[:300]!r}") from None
+    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
+        raise PromotionRefused(f"smoke test of {source} failed: cannot reach {endpoint}: {exc}") from None
+    got = [p.get("label") for p in answer.get("predictions", [])]
+    if got != labels:
+        raise PromotionRefused(f"smoke test of {source} failed: {endpoint} labelled the golden input {got}, "
+                               f"expected {labels}")
+    version = str((answer.get("model") or {}).get("version", ""))
+    if version and not pins["modelSha256"].startswith(version):
+        raise PromotionRefused(f"smoke test of {source} failed: {endpoint} serves model version {version}, but "
+                               f"{source} pins {pins['modelSha256'][:12]}: deploy the pinned release first")
+    return f"smoke test: {endpoint} labelled {len(labels)} golden inputs as expected (model {version or '?'})"
+
+
+def stack_output(stack: str, name: str, runner: Callable[[Sequence[str]], str] | None = None) -> str | None:
+    """A stack output through the Pulumi CLI, or None when it cannot be read here."""
+    import shutil
+    import subprocess
+
+    if runner is None:
+        if shutil.which("pulumi") is None:
+            return None
+
+        def runner(cmd: Sequence[str]) -> str:
+            return subprocess.run(list(cmd), capture_output=True, text=True, check=True, timeout=60).stdout
+
+    try:
+        value = runner(["pulumi", "stack", "output", name, "--stack", stack]).strip()
+    except Exception:  # any failure means "not available"; the caller explains
+        return None
+    return value or None
+
+
+def set_release(text: str, pins: Mapping[str, str]) -> str:
+    """``text`` of a stack file with ``aistack:release`` set to ``pins``; nothing else changes."""
+    document = _yaml().load(text)
+    config = document.setdefault("config", CommentedMap())
+    release = config.get(RELEASE_KEY)
+    if release is None:
+        release = config[RELEASE_KEY] = CommentedMap()
+    for key in PIN_KEYS:
+        if key in pins:
+            release[key] = DoubleQuotedScalarString(pins[key])
+    return _dump(document)
+
+
+def set_overlay_digest(text: str, digest: str, image: str = SERVICE_IMAGE) -> str:
+    """The prod overlay's kustomization with the service image's digest replaced."""
+    document = _yaml().load(text)
+    entries = [e for e in document.get("images") or [] if str(e.get("name", "")).split("/")[-1] == image]
+    if not entries:
+        raise PromotionRefused(f"{OVERLAY} has no images entry named {image!r}: add one with a digest")
+    for entry in entries:
+        entry.pop("newTag", None)
+        entry["digest"] = DoubleQuotedScalarString(digest)
+    return _dump(document)
+
+
+def check_target(root: Path, target: str, new_text: str) -> str:
+    """Plan, price and check the target stack as it would be with the new pins."""
+    from stagectl.checks import assess
+    from stagectl.plan import PlanError
+
+    with tempfile.TemporaryDirectory(prefix="stagectl-promote-") as tmp:
+        work = Path(tmp)
+        (work / "Pulumi.yaml").write_text((root / "Pulumi.yaml").read_text())
+        (work / f"Pulumi.{target}.yaml").write_text(new_text)
+        for shared in ("models", "pricing"):
+            if (root / shared).exists():
+                (work / shared).symlink_to(root / shared, target_is_directory=True)
+        try:
+            assessment = assess(target, root=work)
+        except PlanError as exc:
+            raise PromotionRefused(f"the {target} stack does not plan with the new pins: {exc}") from None
+    failed = [f"{r.rule.name}: {f.message}" for r in assessment.failed for f in r.findings]
+    if failed:
+        raise PromotionRefused(f"the {target} stack fails its guardrails with the new pins:\n  " + "\n  ".join(failed))
+    cost = assessment.cost
+    budget = f" within the budget {cost.budget:,.2f}" if cost.budget is not None else ""
+    return (f"target: {target} passes {len(assessment.guardrails)} guardrails; "
+            f"{cost.monthly_total:,.2f} {cost.currency}/month{budget}")
+
+
+def promote(source: str, target: str, root: Path, *, endpoint: str | None = None, golden: Path | None = None,
+            force: bool = False, dry_run: bool = False, api_key: str | None = None,
+            output_runner: Callable[[Sequence[str]], str] | None = None) -> Promotion:
+    """Run every gate, then write the pins (unless ``dry_run``). Raises PromotionRefused."""
+    promotion = Promotion(source, target, {})
+    promotion.gates.append(check_order(source, target, force))
+    promotion.pins = read_pins(root, source)
+    promotion.gates.append(check_pinned(promotion.pins, source))
+
+    url = endpoint or stack_output(source, ENDPOINT_OUTPUTS[source], output_runner)
+    if not url:
+        raise PromotionRefused(f"no endpoint to smoke-test {source}: pass --endpoint URL (or run where "
+                               f"`pulumi stack output {ENDPOINT_OUTPUTS[source]} --stack {source}` works)")
+    golden_path = golden or _default_golden(root, source)
+    promotion.gates.append(smoke_test(url, golden_path, promotion.pins, source,
+                                      api_key if api_key is not None else os.environ.get("AISTACK_API_KEY")))
+
+    target_file = root / f"Pulumi.{target}.yaml"
+    before = target_file.read_text()
+    after = set_release(before, promotion.pins)
+    promotion.gates.append(check_target(root, target, after))
+    if after != before:
+        promotion.changes[target_file] = (before, after)
+    if target == "prod":
+        overlay = root / OVERLAY
+        if not overlay.is_file():
+            raise PromotionRefused(f"{OVERLAY} is missing: ArgoCD deploys prod from it")
+        old = overlay.read_text()
+        new = set_overlay_digest(old, promotion.pins["imageDigest"])
+        if new != old:
+            promotion.changes[overlay] = (old, new)
+    if not dry_run:
+        for path, (_, text) in promotion.changes.items():
+            path.write_text(text)
+    return promotion
+
+
+def _default_golden(root: Path, stack: str) -> Path:
+    from stacks.config import ModelSettings
+
+    release = ((_load(root / f"Pulumi.{stack}.yaml") or {}).get("config") or {}).get("aistack:model") or {}
+    directory = release.get("dir") or ModelSettings().dir
+    return root / directory / "golden.json"
