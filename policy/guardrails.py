@@ -147,6 +147,11 @@ def db_preset_valid(r: Resource, facts: StackFacts) -> Iterator[str]:
 
         preset = _get(r.inputs, "config.resources.resourcePresetId")
         yield from _validator(lambda: check_preset(str(preset)))
+    elif r.kind == "MdbClickhouseCluster":
+        from components import clickhouse
+
+        preset = _get(r.inputs, "clickhouse.resources.resourcePresetId")
+        yield from _validator(lambda: clickhouse.check_preset(str(preset)))
 
 
 def no_managed_elasticsearch(r: Resource, facts: StackFacts) -> Iterator[str]:

@@ -25,10 +25,29 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from components import gpu, network, postgres, runner, serverless, storage
+from components import (
+    clickhouse,
+    gpu,
+    gpu_operator,
+    kubernetes,
+    network,
+    postgres,
+    runner,
+    serverless,
+    storage,
+    tfserving,
+)
 from components.base import ValidationError as LimitError
 from components.base import check_labels
 from components.host_workload import Images, SshUser, check_pinned_image
+from components.k8s_platform import (
+    ARGOCD_CHART,
+    ECK_CHART,
+    GPU_OPERATOR_CHART,
+    INGRESS_NGINX_CHART,
+    check_chart_version,
+    check_namespace,
+)
 
 PROJECT = "aistack"
 PROVIDER = "yandex"
@@ -312,11 +331,225 @@ class PartnerConfig(StageConfig):
         return self.storage.bucket_name or self.default_bucket_name()
 
 
-STAGE_CONFIGS: dict[str, type[StageConfig]] = {"mvp": MvpConfig, "partner": PartnerConfig}
+# --- prod --------------------------------------------------------------------------------------
+
+Namespace = Annotated[str, _check(check_namespace)]
+
+
+Zone = Literal["ru-central1-a", "ru-central1-b", "ru-central1-d"]
+
+
+def _default_prod_subnets() -> dict[Zone, str]:
+    return {"ru-central1-a": "10.140.0.0/24", "ru-central1-b": "10.140.1.0/24", "ru-central1-d": "10.140.2.0/24"}
+
+
+class ProdNetworkSettings(Settings):
+    #: One subnet per zone. A regional master needs all three zones.
+    subnets: dict[Zone, SubnetCidr] = Field(default_factory=_default_prod_subnets, min_length=1)
+    #: Who may reach the Kubernetes API (443, 6443): operators' and CI's networks, never 0.0.0.0/0.
+    api_allowlist: list[Cidr] = Field(min_length=1)
+    #: Who may reach the service through the ingress load balancer.
+    ingress_cidrs: list[Cidr] = Field(default_factory=lambda: [network.ANYWHERE], min_length=1)
+
+    @field_validator("api_allowlist")
+    @classmethod
+    def _not_world(cls, value: list[str]) -> list[str]:
+        kubernetes.check_allowlist(value)
+        return value
+
+
+class CpuNodeSettings(Settings):
+    platform: Literal["standard-v2", "standard-v3"] = "standard-v3"
+    cores: int = 4
+    memory_gb: int = 16
+    core_fraction: Literal[20, 50, 100] = 100
+    disk_type: Literal["network-ssd", "network-hdd"] = "network-ssd"
+    disk_size_gb: int = Field(64, ge=kubernetes.NODE_DISK_RANGE_GB[0], le=kubernetes.NODE_DISK_RANGE_GB[1])
+    preemptible: bool = False
+    min: int = Field(2, ge=1, le=kubernetes.MAX_NODES)
+    max: int = Field(4, ge=1, le=kubernetes.MAX_NODES)
+
+    @model_validator(mode="after")
+    def _valid(self) -> CpuNodeSettings:
+        kubernetes.check_cpu_shape(self.platform, self.cores, self.memory_gb, self.core_fraction)
+        kubernetes.check_scale("cpu", self.min, self.max, self.min, may_scale_to_zero=False)
+        return self
+
+
+class GpuNodeSettings(Settings):
+    platform: str = gpu.T4
+    gpus: int = 1
+    cores: int = 8
+    memory_gb: int = 32
+    disk_type: Literal["network-ssd", "network-hdd"] = "network-ssd"
+    disk_size_gb: int = Field(100, ge=64, le=kubernetes.NODE_DISK_RANGE_GB[1])
+    preemptible: bool = False
+    #: 0 lets the group scale to zero when no GPU pod is pending.
+    min: int = Field(1, ge=0, le=kubernetes.MAX_NODES)
+    max: int = Field(2, ge=1, le=kubernetes.MAX_NODES)
+    #: Nodes without a preinstalled NVIDIA driver: the GPU Operator installs it.
+    driverless: bool = True
+
+    @model_validator(mode="after")
+    def _valid(self) -> GpuNodeSettings:
+        gpu.check_gpu_shape(self.platform, self.gpus, self.cores, self.memory_gb)
+        kubernetes.check_scale("gpu", self.min, self.max, self.min, may_scale_to_zero=True)
+        return self
+
+
+class KubernetesSettings(Settings):
+    version: Literal["1.29", "1.30", "1.31", "1.32"] = "1.31"
+    #: ``zonal`` (in yandex:zone) or ``regional`` (three zones; needs three subnets).
+    master: Literal["zonal", "regional"] = "zonal"
+    release_channel: Literal["RAPID", "REGULAR", "STABLE"] = "STABLE"
+    public_api: bool = True
+    cluster_ipv4_range: str = "10.112.0.0/16"
+    service_ipv4_range: str = "10.96.0.0/16"
+    kms_deletion_protection: bool = True
+    cpu_nodes: CpuNodeSettings = Field(default_factory=CpuNodeSettings)
+    gpu_nodes: GpuNodeSettings = Field(default_factory=GpuNodeSettings)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> KubernetesSettings:
+        pods = kubernetes.check_range("cluster (pod) CIDR", self.cluster_ipv4_range)
+        services = kubernetes.check_range("service CIDR", self.service_ipv4_range)
+        if pods.overlaps(services):
+            raise LimitError(f"clusterIpv4Range {pods} and serviceIpv4Range {services} overlap: give each its own")
+        return self
+
+
+class ChartSettings(Settings):
+    """Helm chart versions, pinned exactly (no ranges)."""
+
+    argocd: str = ARGOCD_CHART.version
+    eck_operator: str = ECK_CHART.version
+    gpu_operator: str = GPU_OPERATOR_CHART.version
+    ingress_nginx: str = INGRESS_NGINX_CHART.version
+
+    @field_validator("argocd", "eck_operator", "gpu_operator", "ingress_nginx")
+    @classmethod
+    def _pinned(cls, value: str, info: ValidationInfo) -> str:
+        check_chart_version(to_camel(str(info.field_name)), value)
+        return value
+
+
+class GpuOperatorSettings(Settings):
+    driver_version: str = "550.144.03"
+
+
+class GitopsSettings(Settings):
+    #: The repository ArgoCD syncs (this project's); a private one needs ``aistack:gitopsRepoToken``.
+    repo_url: str = Field(pattern=r"^(https://[^\s]+|git@[^\s:]+:[^\s]+)$")
+    target_revision: str = "main"
+    path: str = "deploy/overlays/prod"
+    #: Namespace of the service and TF Serving (deploy/overlays/prod sets the same).
+    namespace: Namespace = "aistack"
+    repo_username: str = "argocd"
+
+
+class ElkSettings(Settings):
+    stack_version: str = Field("8.15.3", pattern=r"^8\.\d+\.\d+$")
+    elasticsearch_nodes: Literal[1, 3, 5] = 3
+    elasticsearch_memory_gi: int = Field(4, ge=2, le=64)
+    elasticsearch_storage_gi: int = Field(50, ge=10, le=4096)
+    kibana_replicas: int = Field(1, ge=1, le=3)
+    log_retention_days: int = Field(14, ge=1, le=365)
+
+
+class TfServingSettings(Settings):
+    image: Annotated[str, _check(tfserving.check_gpu_image)] = "tensorflow/serving:2.18.0-gpu"
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(2, ge=1)
+    target_cpu_percent: int = Field(70, ge=10, le=100)
+    cpu: str = "2"
+    memory_gi: int = Field(8, ge=1)
+
+
+class ClickhouseSettings(Settings):
+    version: Annotated[str, _check(clickhouse.check_version)] = "24.8"
+    resource_preset: Annotated[str, _check(clickhouse.check_preset)] = "s3-c2-m8"
+    disk_type: Literal["network-ssd", "network-hdd", "network-ssd-nonreplicated", "local-ssd"] = "network-ssd"
+    disk_size_gb: int = 32
+    shards: int = Field(1, ge=clickhouse.SHARDS_RANGE[0], le=clickhouse.SHARDS_RANGE[1])
+    replicas: int = Field(1, ge=clickhouse.REPLICAS_RANGE[0], le=clickhouse.REPLICAS_RANGE[1])
+    database: str = "predictions"
+    user: str = "inference"
+    deletion_protection: bool = True
+    backup_retain_days: int = Field(7, ge=7, le=60)
+
+    @model_validator(mode="after")
+    def _disk(self) -> ClickhouseSettings:
+        clickhouse.check_disk(self.resource_preset, self.disk_type, self.disk_size_gb, self.replicas)
+        clickhouse.check_identifier("database name", self.database)
+        clickhouse.check_identifier("user name", self.user)
+        return self
+
+
+class ProdConfig(StageConfig):
+    stage: Literal["prod"]
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    network: ProdNetworkSettings
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    charts: ChartSettings = Field(default_factory=ChartSettings)
+    gpu_operator: GpuOperatorSettings = Field(default_factory=GpuOperatorSettings)
+    gitops: GitopsSettings
+    elk: ElkSettings = Field(default_factory=ElkSettings)
+    tf_serving: TfServingSettings = Field(default_factory=TfServingSettings)
+    clickhouse: ClickhouseSettings = Field(default_factory=ClickhouseSettings)
+
+    @field_validator("network")
+    @classmethod
+    def _zone_has_subnet(cls, value: ProdNetworkSettings, info: ValidationInfo) -> ProdNetworkSettings:
+        zone = info.data.get("zone")
+        if zone is not None and zone not in value.subnets:
+            zones = ", ".join(sorted(value.subnets))
+            raise LimitError(f"yandex:zone {zone} has no subnet in network.subnets ({zones}): the node groups and "
+                             "a zonal master live in yandex:zone; add a subnet for it")
+        return value
+
+    @field_validator("kubernetes")
+    @classmethod
+    def _placement(cls, value: KubernetesSettings, info: ValidationInfo) -> KubernetesSettings:
+        net, zone = info.data.get("network"), info.data.get("zone")
+        if net is not None:
+            kubernetes.check_master(value.master, sorted(net.subnets))
+        if zone is not None:
+            gpu.check_gpu_zone(value.gpu_nodes.platform, zone)
+        if value.cpu_nodes.min > value.cpu_nodes.max:
+            raise LimitError(f"cpuNodes: min {value.cpu_nodes.min} is above max {value.cpu_nodes.max}")
+        return value
+
+    @field_validator("gpu_operator")
+    @classmethod
+    def _driver(cls, value: GpuOperatorSettings, info: ValidationInfo) -> GpuOperatorSettings:
+        charts, k = info.data.get("charts"), info.data.get("kubernetes")
+        if charts is not None and k is not None:
+            gpu_operator.check_gpu_operator(charts.gpu_operator, value.driver_version, k.version,
+                                            k.gpu_nodes.driverless)
+        return value
+
+    @field_validator("tf_serving")
+    @classmethod
+    def _gpu_capacity(cls, value: TfServingSettings, info: ValidationInfo) -> TfServingSettings:
+        if value.min_replicas > value.max_replicas:
+            raise LimitError(f"minReplicas {value.min_replicas} is above maxReplicas {value.max_replicas}")
+        k = info.data.get("kubernetes")
+        if k is not None and value.max_replicas > k.gpu_nodes.max * k.gpu_nodes.gpus:
+            raise LimitError(f"maxReplicas {value.max_replicas} exceeds the GPUs of the GPU node group "
+                             f"(kubernetes.gpuNodes.max x gpus = {k.gpu_nodes.max * k.gpu_nodes.gpus}): each "
+                             "replica takes one GPU; lower it or raise kubernetes.gpuNodes.max")
+        return value
+
+    @property
+    def bucket_name(self) -> str:
+        return self.storage.bucket_name or self.default_bucket_name()
+
+
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {"mvp": MvpConfig, "partner": PartnerConfig, "prod": ProdConfig}
 
 #: Keys that hold secrets. They are read by the programs as Pulumi secrets
 #: (``Config.get_secret``), never into the typed config, and must be set with ``--secret``.
-SECRET_KEYS = frozenset({"apiKey", "gitlabRunnerToken"})
+SECRET_KEYS = frozenset({"apiKey", "gitlabRunnerToken", "gitopsRepoToken"})
 
 #: Keys read from the provider's namespace, with the name they take in the typed config.
 PROVIDER_KEYS = {"folderId": "folderId", "zone": "zone"}

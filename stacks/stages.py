@@ -8,13 +8,14 @@ from typing import Any
 
 import pulumi
 
-from stacks import mvp, partner
+from stacks import mvp, partner, prod
 from stacks.config import STAGES, ConfigError, StageConfig, load_stage_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 #: Stage name -> program. A stage listed in STAGES but absent here is not built yet.
-PROGRAMS: dict[str, Callable[[Any, Path], None]] = {"mvp": mvp.program, "partner": partner.program}
+PROGRAMS: dict[str, Callable[[Any, Path], None]] = {
+    "mvp": mvp.program, "partner": partner.program, "prod": prod.program}
 
 
 def current_config_map() -> dict[str, Any]:

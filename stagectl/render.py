@@ -26,6 +26,20 @@ KEY_SETTINGS: dict[str, tuple[str, ...]] = {
     "ServerlessContainer": ("memory", "cores", "coreFraction", "concurrency", "executionTimeout",
                             "provisionPolicy.minInstances", "image.url"),
     "ServerlessContainerIamBinding": ("role", "members"),
+    "KubernetesCluster": ("master.version", "master.publicIp", "master.securityGroupIds", "networkPolicyProvider",
+                          "kmsProvider.keyId"),
+    "KubernetesNodeGroup": ("instanceTemplate.platformId", "instanceTemplate.resources.gpus",
+                            "instanceTemplate.resources.cores", "instanceTemplate.resources.memory",
+                            "scalePolicy.autoScale.min", "scalePolicy.autoScale.max", "nodeTaints"),
+    "MdbClickhouseCluster": ("version", "clickhouse.resources.resourcePresetId", "hosts.assignPublicIp",
+                             "deletionProtection"),
+    "VpcAddress": ("externalIpv4Address.zoneId", "deletionProtection"),
+    "Release": ("chart", "version", "namespace"),
+    "Deployment": ("metadata.namespace", "spec.template.spec.containers.image"),
+    "HorizontalPodAutoscaler": ("spec.minReplicas", "spec.maxReplicas"),
+    "Application": ("spec.source.path", "spec.source.targetRevision", "spec.syncPolicy.automated"),
+    "Elasticsearch": ("spec.version", "spec.nodeSets.count"),
+    "Beat": ("spec.type", "spec.version"),
 }
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stacks.config import ConfigError, MvpConfig, load_stage_config
+from stacks.config import STAGE_CONFIGS, STAGES, ConfigError, MvpConfig, load_stage_config
+from stacks.stages import PROGRAMS
 from tests.infra.conftest import stack_config
 
 
@@ -77,7 +78,15 @@ def test_unknown_stage_lists_known_ones():
         load_stage_config("staging", {})
 
 
-@pytest.mark.parametrize("stage", ["prod"])
-def test_unbuilt_stages_say_so(stage):
-    with pytest.raises(ConfigError, match=f"the '{stage}' stage is not built yet"):
-        load_stage_config(stage, stack_config(stage))
+def test_stack_naming_an_unknown_stage_is_refused():
+    config = stack_config("prod", stage="qa")
+    with pytest.raises(ConfigError) as info:
+        load_stage_config("prod-eu", config)
+    assert str(info.value) == ("Pulumi.prod-eu.yaml: aistack:stage is 'qa'; known stages: mvp, partner, prod (set "
+                               "aistack:stage or name the stack after its stage)")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_is_built(stage):
+    assert stage in STAGE_CONFIGS and stage in PROGRAMS
+    assert isinstance(load_stage_config(stage, stack_config(stage)), STAGE_CONFIGS[stage])

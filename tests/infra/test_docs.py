@@ -8,7 +8,7 @@ from tests.infra.conftest import ROOT
 
 def test_readme_diagrams_match_the_programs():
     blocks = docs.blocks(ROOT / "README.md")
-    assert set(blocks) == {"mvp", "partner"}
+    assert set(blocks) == {"mvp", "partner", "prod"}
     for stack, block in blocks.items():
         assert block == docs.diagram_block(stack, ROOT), f"run `stagectl docs` to refresh the {stack} diagram"
 

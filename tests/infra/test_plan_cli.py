@@ -58,11 +58,15 @@ def test_tree_and_mermaid_formats():
     assert diagram.stdout.count("subgraph") == diagram.stdout.count("\n  end") + diagram.stdout.count("\n    end")
 
 
-@pytest.mark.parametrize("stack", ["prod"])
-def test_unbuilt_stages_fail_plainly(stack):
-    result = stagectl("plan", stack)
+def test_stack_of_an_unknown_stage_fails_plainly(tmp_path):
+    (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    (tmp_path / "Pulumi.qa.yaml").write_text((ROOT / "Pulumi.mvp.yaml").read_text() + "  aistack:stage: qa\n")
+    result = subprocess.run([sys.executable, "-m", "stagectl", "plan", "qa"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 2
-    assert f"the '{stack}' stage is not built yet (built stages: mvp, partner)" in result.stderr
+    assert result.stderr.strip() == ("stagectl plan qa: Pulumi.qa.yaml: aistack:stage is 'qa'; known stages: mvp, "
+                                     "partner, prod (set aistack:stage or name the stack after its stage)")
+    assert result.stdout == ""
 
 
 def test_unknown_stack_lists_known_ones():
