@@ -37,7 +37,7 @@ RELEASE_KEY = "aistack:release"
 OVERLAY = Path("deploy") / "overlays" / "prod" / "kustomization.yaml"
 SERVICE_IMAGE = "inference"
 #: The stack output holding each stage's service endpoint.
-ENDPOINT_OUTPUTS = {"mvp": "invoke_url", "partner": "service_url", "prod": "ingress_url"}
+ENDPOINT_OUTPUTS = {"mvp": "invoke_url", "partner": "service_url", "prod": "service_url"}
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
