@@ -1,0 +1,163 @@
+"""``stagectl promote``: pins copied exactly, files otherwise untouched, every gate refusing with its
+message; the smoke test runs against a real local inference service."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from stagectl.promote import PromotionRefused, promote, read_pins
+from tests.service.helpers import ServiceProcess, start_service
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGEST = "sha256:" + "5e" * 32
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model, its card and a golden input labelled by the model itself."""
+    import onnxruntime as ort
+
+    from stagectl.model import build_demo_model, digits_split
+
+    out = tmp_path_factory.mktemp("model") / "digits"
+    card = build_demo_model(out)
+    _, x_test, _, _ = digits_split()
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    probabilities = session.run([card["probabilities_output"]], {card["inputs"][0]["name"]: x_test[:8]})[0]
+    golden = {"instances": x_test[:8].tolist(), "labels": np.argmax(probabilities, axis=1).tolist()}
+    (out / "golden.json").write_text(json.dumps(golden))
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    svc = start_service(tmp_path_factory.mktemp("svc"), MODEL_URI=str(model_dir / "model.onnx"))
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+def project(tmp_path: Path, model_dir: Path) -> Path:
+    """A copy of the project's stack files and prod overlay, mvp pinning the served release."""
+    for name in ("Pulumi.yaml", "Pulumi.mvp.yaml", "Pulumi.partner.yaml", "Pulumi.prod.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
+    shutil.copytree(model_dir, tmp_path / "models" / "digits")
+    sha = hashlib.sha256((model_dir / "model.onnx").read_bytes()).hexdigest()
+    mvp = tmp_path / "Pulumi.mvp.yaml"
+    text = mvp.read_text()
+    old = yaml.safe_load(text)["config"]["aistack:release"]
+    mvp.write_text(text.replace(old["imageDigest"], DIGEST).replace(old["modelSha256"], sha))
+    return tmp_path
+
+
+def changed_lines(before: str, after: str) -> list[tuple[str, str]]:
+    a, b = before.splitlines(), after.splitlines()
+    assert len(a) == len(b), "promotion must not add or remove lines"
+    return [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+
+
+def test_promotion_copies_pins_and_keeps_the_rest(project, served):
+    before = (project / "Pulumi.partner.yaml").read_text()
+    result = promote("mvp", "partner", project, endpoint=served.base)
+    after = (project / "Pulumi.partner.yaml").read_text()
+    pins = read_pins(project, "mvp")
+    assert read_pins(project, "partner") == pins
+    changes = changed_lines(before, after)
+    assert [new.strip() for _, new in changes] == [f'imageDigest: "{pins["imageDigest"]}"',
+                                                   f'modelSha256: "{pins["modelSha256"]}"']
+    assert any(line.lstrip().startswith("#") for line in after.splitlines()), "comments kept"
+    assert result.gates[0] == "order: mvp -> partner is the next stage"
+    assert result.gates[2].startswith(f"smoke test: {served.base} labelled 8 golden inputs as expected")
+    assert result.gates[3].startswith("target: partner passes 14 guardrails")
+    assert "+    imageDigest: \"" + DIGEST in result.diff(project)
+
+
+def test_dry_run_changes_nothing(project, served):
+    before = {p.name: p.read_text() for p in project.glob("Pulumi.*.yaml")}
+    result = promote("mvp", "partner", project, endpoint=served.base, dry_run=True)
+    assert result.changes, "the dry run still computes the change"
+    assert {p.name: p.read_text() for p in project.glob("Pulumi.*.yaml")} == before
+
+
+def test_prod_promotion_updates_the_overlay(project, served):
+    partner = project / "Pulumi.partner.yaml"
+    promote("mvp", "partner", project, endpoint=served.base)
+    overlay = project / "deploy" / "overlays" / "prod" / "kustomization.yaml"
+    before = overlay.read_text()
+    promote("partner", "prod", project, endpoint=served.base)
+    assert yaml.safe_load(overlay.read_text())["images"][0]["digest"] == DIGEST
+    assert len(changed_lines(before, overlay.read_text())) == 1
+    assert read_pins(project, "prod") == read_pins(project, "partner") == read_pins(project, "mvp")
+    assert partner.exists()
+
+
+def test_wrong_answer_is_refused(project, served, tmp_path):
+    golden = json.loads((project / "models" / "digits" / "golden.json").read_text())
+    golden["labels"] = [(label + 1) % 10 for label in golden["labels"]]
+    wrong = tmp_path / "wrong-golden.json"
+    wrong.write_text(json.dumps(golden))
+    with pytest.raises(PromotionRefused, match=r"smoke test of mvp failed: .* labelled the golden input \["):
+        promote("mvp", "partner", project, endpoint=served.base, golden=wrong)
+
+
+def test_service_running_another_model_is_refused(project, served):
+    mvp = project / "Pulumi.mvp.yaml"
+    sha = read_pins(project, "mvp")["modelSha256"]
+    mvp.write_text(mvp.read_text().replace(sha, "ab" * 32))
+    with pytest.raises(PromotionRefused, match=r"serves model version [0-9a-f]{12}, but mvp pins abababababab"):
+        promote("mvp", "partner", project, endpoint=served.base)
+
+
+def test_unreachable_endpoint_is_refused(project):
+    with pytest.raises(PromotionRefused, match=r"smoke test of mvp failed: cannot reach http://127\.0\.0\.1:9"):
+        promote("mvp", "partner", project, endpoint="http://127.0.0.1:9")
+
+
+def test_no_endpoint_is_refused(project):
+    with pytest.raises(PromotionRefused, match="no endpoint to smoke-test mvp: pass --endpoint URL"):
+        promote("mvp", "partner", project, output_runner=lambda cmd: "")
+
+
+@pytest.mark.parametrize(("source", "target", "message"), [
+    ("partner", "mvp", r"refusing to promote backwards or in place \(partner -> mvp\)"),
+    ("mvp", "prod", r"refusing to skip partner \(mvp -> prod\)"),
+    ("mvp", "staging", r"unknown stage 'staging'"),
+])
+def test_order_gate(project, source, target, message):
+    with pytest.raises(PromotionRefused, match=message):
+        promote(source, target, project, endpoint="http://unused")
+
+
+def test_image_must_be_pinned_by_digest(project):
+    mvp = project / "Pulumi.mvp.yaml"
+    mvp.write_text(mvp.read_text().replace(DIGEST, "latest"))
+    with pytest.raises(PromotionRefused, match=r"the mvp image is not pinned by digest \('latest'\)"):
+        promote("mvp", "partner", project, endpoint="http://unused")
+
+
+def test_target_over_budget_is_refused(project, served):
+    partner = project / "Pulumi.partner.yaml"
+    partner.write_text(partner.read_text().replace("    monthly: 600\n", "    monthly: 10\n"))
+    before = partner.read_text()
+    with pytest.raises(PromotionRefused, match=r"the partner stack fails its guardrails with the new pins:\n  "
+                                               r"budget: monthly cost"):
+        promote("mvp", "partner", project, endpoint=served.base)
+    assert partner.read_text() == before
+
+
+def test_cli_reports_refusal_with_exit_code(project):
+    result = subprocess.run([sys.executable, "-m", "stagectl", "promote", "partner", "mvp"], cwd=project,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 4
+    assert "stagectl promote partner mvp: refused: refusing to promote backwards" in result.stderr
