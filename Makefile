@@ -31,7 +31,9 @@ unit: $(STAMP)
 	$(BIN)/pytest
 
 bench: $(STAMP)
+	scripts/install-test-deps.sh
 	$(BIN)/python bench/service.py --json
+	$(BIN)/python bench/migrate.py --json
 
 plan: $(STAMP)
 	$(BIN)/stagectl plan mvp

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from stagectl import model, prices
+from stagectl import migrate, model, prices
 from stagectl.plan import PlanError, run_plan
 
 
@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     note.add_argument("file", help="Markdown whose first line is the comment's marker")
     note.set_defaults(func=_mr_note)
 
+    migrate.add_commands(sub)
     prices.add_commands(sub)
 
     model.add_commands(sub)

@@ -1,19 +1,41 @@
-"""``make demo``: the main job on embedded defaults, with nothing but this checkout."""
+"""``make demo``: the main job on embedded defaults, with nothing but this checkout.
+
+Plans, prices and checks every stage offline (no cloud account, no credentials, no Pulumi CLI),
+shows the mvp plan in full, then runs the inference service locally on the demo model and sends
+it a prediction.
+"""
 
 from __future__ import annotations
 
 from stagectl import render
+from stagectl.checks import assess, render_guardrails
 from stagectl.plan import PlanError, run_plan
+from stagectl.prices import load_price_book
 
-DEMO_STACK = "mvp"
+STAGES = ("mvp", "partner", "prod")
 
 
 def run() -> int:
-    print(f"== offline plan of the {DEMO_STACK!r} stack (mock runtime: no cloud account, no credentials) ==")
-    try:
-        plan = run_plan(DEMO_STACK)
-    except PlanError as exc:
-        print(f"plan failed: {exc}")
-        return 2
-    print(render.tree(plan))
-    return 0
+    from stagectl.demo_service import run_service_demo
+
+    book = load_price_book()
+    print("== offline plans (Pulumi mock runtime: no cloud account, credentials or Pulumi CLI) ==")
+    failed = False
+    for stack in STAGES:
+        try:
+            plan = run_plan(stack)
+        except PlanError as exc:
+            print(f"{stack}: plan failed: {exc}")
+            return 2
+        if stack == "mvp":
+            print(render.tree(plan))
+        assessment = assess(stack, plan=plan, book=book)
+        cost, seed = assessment.cost, assessment.cost.seed
+        cloud = sum(1 for r in plan.resources if r.custom)
+        seed_text = f" (source document: ~${seed[0]:,.2f})" if seed else ""
+        print(f"{stack}: {cloud} cloud resources; monthly cost ${cost.monthly_total:,.2f}{seed_text}; "
+              + render_guardrails(assessment.guardrails).splitlines()[0])
+        failed = failed or bool(assessment.failed)
+    print("(details: stagectl plan|cost STACK; what a change does: stagectl diff --base REF)\n")
+    print("== the inference service, locally on the demo model ==")
+    return run_service_demo() or (3 if failed else 0)
