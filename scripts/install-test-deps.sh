@@ -34,3 +34,5 @@ install_npm_packages() {
 
 install_debian_packages
 install_npm_packages
+scripts/tf-venv.sh
+scripts/triton-venv.sh

@@ -1,0 +1,267 @@
+"""Typed settings of the inference service, read from environment variables.
+
+Every name below is the upper-cased field name (``MODEL_URI`` for ``model_uri``). The defaults run
+on a laptop with nothing else installed: the demo model from ``models/digits`` (what
+``stagectl model build`` writes), in-process ONNX Runtime, the file-based ``local`` prediction store.
+The Pulumi stacks set the same names in the Serverless Container / VM / Deployment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from service.s3 import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_REGION,
+    DEFAULT_S3_ENDPOINT,
+    S3Params,
+)
+
+DEFAULT_MODEL_URI = "models/digits/model.onnx"
+
+
+class Settings(BaseModel):
+    """Service configuration; see ``service/README.md`` for the meaning of each variable.
+
+    Built from the environment by :meth:`from_env` (plain pydantic rather than pydantic-settings:
+    the service's cold start is measured in tens of milliseconds).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=(), frozen=True)
+
+    # Serving
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    service_name: str = "yc-aistack-inference"
+
+    # Model
+    model_uri: str = DEFAULT_MODEL_URI
+    model_card_uri: str | None = None
+    model_sha256: str | None = None
+    model_retry_seconds: float = Field(default=30.0, ge=0)
+
+    # Inference backend
+    backend: Literal["onnx", "triton", "tfserving"] = "onnx"
+    ort_threads: int = Field(default=1, ge=1, le=256)
+    batching: bool = True
+    batch_max_size: int = Field(default=128, ge=1, le=65536)
+    infer_offload_ms: float = Field(default=0.5, ge=0)
+
+    # Triton Inference Server (BACKEND=triton)
+    triton_url: str = "localhost:8001"
+    triton_protocol: Literal["grpc", "http"] = "grpc"
+    triton_model: str | None = None
+    triton_model_version: str | None = None
+    triton_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
+    triton_retries: int = Field(default=2, ge=0, le=10)
+    triton_retry_backoff_ms: float = Field(default=50.0, ge=0, le=10_000)
+
+    # TensorFlow Serving REST API (BACKEND=tfserving)
+    tfserving_url: str = "http://localhost:8501"
+    tfserving_model: str | None = None
+    tfserving_model_version: int | None = Field(default=None, ge=1)
+    tfserving_signature: str = "serving_default"
+    tfserving_format: Literal["row", "columnar"] = "row"
+    tfserving_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
+    tfserving_retries: int = Field(default=2, ge=0, le=10)
+    tfserving_retry_backoff_ms: float = Field(default=50.0, ge=0, le=10_000)
+
+    # API
+    max_instances: int = Field(default=64, ge=1, le=65536)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=3_500_000)
+    api_key: SecretStr | None = None
+
+    # Prediction store
+    store: Literal["local", "s3", "postgres", "clickhouse"] = "local"
+    store_path: Path = Path("var/predictions")
+    store_s3_uri: str | None = None
+    store_flush_records: int = Field(default=500, ge=1)
+    store_flush_seconds: float = Field(default=2.0, gt=0)
+    store_retry_seconds: float = Field(default=5.0, gt=0)
+    store_queue_max: int = Field(default=10_000, ge=1)
+    spool_dir: Path = Path("var/spool")
+
+    # PostgreSQL store (STORE=postgres); the password comes from PG_PASSWORD, never from PG_DSN
+    pg_dsn: str | None = None
+    pg_password: SecretStr | None = None
+    pg_pool_min: int = Field(default=1, ge=0, le=100)
+    pg_pool_max: int = Field(default=4, ge=1, le=100)
+    pg_connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    pg_statement_timeout_ms: int = Field(default=30_000, ge=0)
+
+    # ClickHouse store (STORE=clickhouse): Managed ClickHouse over HTTPS (8443), or CLICKHOUSE_DSN
+    clickhouse_host: str | None = None
+    clickhouse_port: int = Field(default=8443, ge=1, le=65535)
+    clickhouse_database: str = "default"
+    clickhouse_user: str = "default"
+    clickhouse_password: SecretStr | None = None
+    clickhouse_secure: bool = True
+    clickhouse_ca_file: Path | None = None
+    clickhouse_dsn: str | None = None
+    clickhouse_ttl_days: int = Field(default=365, ge=1, le=36_500)
+    clickhouse_connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    clickhouse_send_receive_timeout: float = Field(default=30.0, gt=0, le=3600)
+
+    # Object Storage (S3 API); credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    s3_endpoint_url: str = DEFAULT_S3_ENDPOINT
+    aws_region: str = DEFAULT_REGION
+    s3_connect_timeout: float = Field(default=DEFAULT_CONNECT_TIMEOUT, gt=0)
+    s3_read_timeout: float = Field(default=DEFAULT_READ_TIMEOUT, gt=0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator(
+        "model_sha256",
+        "model_card_uri",
+        "store_s3_uri",
+        "api_key",
+        "triton_model",
+        "triton_model_version",
+        "pg_dsn",
+        "pg_password",
+        "tfserving_model",
+        "tfserving_model_version",
+        "clickhouse_host",
+        "clickhouse_password",
+        "clickhouse_ca_file",
+        "clickhouse_dsn",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("model_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower()
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            raise ValueError("MODEL_SHA256 must be 64 hex characters (a sha256 digest)")
+        return value
+
+    @field_validator("model_uri", "model_card_uri")
+    @classmethod
+    def _model_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = urlparse(value).scheme
+        if scheme not in ("", "file", "s3"):
+            raise ValueError(f"unsupported scheme {scheme!r}: use a path, file://... or s3://bucket/key")
+        if scheme == "s3" and not _s3_parts_ok(value, need_key=True):
+            raise ValueError("expected s3://bucket/key")
+        return value
+
+    @field_validator("triton_url")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        value = value.strip()
+        if "://" in value or "/" in value:
+            raise ValueError("TRITON_URL is host:port (e.g. triton:8001), without a scheme or path")
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("TRITON_URL must be host:port (e.g. triton:8001 for gRPC, triton:8000 for HTTP)")
+        return value
+
+    @field_validator("pg_dsn")
+    @classmethod
+    def _dsn_without_password(cls, value: str | None) -> str | None:
+        if value is not None and _dsn_has_password(value):
+            # the message never repeats the value: it holds a secret
+            raise ValueError("PG_DSN must not carry a password: set it in PG_PASSWORD")
+        return value
+
+    @model_validator(mode="after")
+    def _postgres_needs_dsn(self) -> Settings:
+        if self.store == "postgres" and not self.pg_dsn:
+            raise ValueError("STORE=postgres needs PG_DSN=postgresql://user@host:port/dbname (password in PG_PASSWORD)")
+        if self.pg_pool_min > self.pg_pool_max:
+            raise ValueError(f"PG_POOL_MIN ({self.pg_pool_min}) must not exceed PG_POOL_MAX ({self.pg_pool_max})")
+        return self
+
+    @field_validator("tfserving_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("TFSERVING_URL must be http(s)://host:port (TF Serving's REST port, e.g. 8501)")
+        return value
+
+    @model_validator(mode="after")
+    def _clickhouse_needs_host(self) -> Settings:
+        if self.store == "clickhouse" and not (self.clickhouse_host or self.clickhouse_dsn):
+            raise ValueError(
+                "STORE=clickhouse needs CLICKHOUSE_HOST (or CLICKHOUSE_DSN, e.g. chdb:///path for local runs)"
+            )
+        return self
+
+    @property
+    def clickhouse_password_value(self) -> str | None:
+        return self.clickhouse_password.get_secret_value() if self.clickhouse_password is not None else None
+
+    @model_validator(mode="after")
+    def _store_needs_uri(self) -> Settings:
+        if self.store == "s3":
+            if not self.store_s3_uri:
+                raise ValueError("STORE=s3 needs STORE_S3_URI=s3://bucket/prefix/")
+            if not _s3_parts_ok(self.store_s3_uri, need_key=False):
+                raise ValueError("STORE_S3_URI must look like s3://bucket/prefix/")
+        return self
+
+    @property
+    def s3(self) -> S3Params:
+        return S3Params(self.s3_endpoint_url, self.aws_region, self.s3_connect_timeout, self.s3_read_timeout)
+
+    @property
+    def api_key_value(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key is not None else None
+
+    @property
+    def pg_password_value(self) -> str | None:
+        return self.pg_password.get_secret_value() if self.pg_password is not None else None
+
+
+def _dsn_has_password(dsn: str) -> bool:
+    """Whether a libpq connection string (URI or ``key=value`` form) carries a password."""
+    text = dsn.strip()
+    if "://" in text:
+        parsed = urlparse(text)
+        if parsed.password is not None:
+            return True
+        return any(part.split("=", 1)[0].strip().lower() == "password" for part in parsed.query.split("&"))
+    return any(word.split("=", 1)[0].strip().lower() == "password" for word in text.split() if "=" in word)
+
+
+def _s3_parts_ok(uri: str, *, need_key: bool) -> bool:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        return False
+    return bool(parsed.path.strip("/")) or not need_key
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Settings from environment variables (``MODEL_URI`` -> ``model_uri``); ``overrides`` win.
+
+    Raises ``pydantic.ValidationError``; its ``loc`` is the field name, i.e. the variable lower-cased.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for name in Settings.model_fields:
+        raw = env.get(name.upper())
+        if raw is not None:
+            values[name] = raw
+    values.update(overrides)
+    return Settings.model_validate(values)

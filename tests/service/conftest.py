@@ -1,0 +1,69 @@
+"""Fixtures of the service tests: the demo model (built once), a moto S3 server, service processes."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.service.helpers import MotoS3, ServiceProcess, start_service
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model and card, built once per session by the real ``stagectl model build`` code."""
+    from stagectl.model import build_demo_model
+
+    out = tmp_path_factory.mktemp("demo-model") / "digits"
+    build_demo_model(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[Any, Any]:
+    """The held-out split of the digits data: ``(x_test float32, y_test)``."""
+    from stagectl.model import digits_split
+
+    _, x_test, _, y_test = digits_split()
+    return x_test, y_test
+
+
+@pytest.fixture
+def model_copy(demo_model: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo model directory that a test may tamper with."""
+    target = tmp_path / "model"
+    shutil.copytree(demo_model, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    server = MotoS3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def service(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """One ``python -m service`` on the demo model, shared by a module's HTTP tests."""
+    svc = start_service(tmp_path_factory.mktemp("service"), MODEL_URI=str(demo_model / "model.onnx"))
+    yield svc
+    assert svc.stop() == 0, svc.log_tail()
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Any]:
+    """A factory of service processes with custom settings, all stopped at the end of the test."""
+    started: list[ServiceProcess] = []
+
+    def factory(wait: bool = True, **env: str) -> ServiceProcess:
+        svc = start_service(tmp_path / f"svc{len(started)}", wait=wait, **env)
+        started.append(svc)
+        return svc
+
+    yield factory
+    for svc in started:
+        svc.stop()
