@@ -166,7 +166,30 @@ def build_demo_model(out_dir: Path) -> dict[str, Any]:
     card_tmp = out_dir / (CARD_FILE + ".tmp")
     card_tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     card_tmp.replace(out_dir / CARD_FILE)
+    write_golden(out_dir, card)
+    from components.triton_repo import write_layout
+
+    write_layout(out_dir)  # the Triton model repository (partner) next to the ONNX file
     return card
+
+
+GOLDEN_FILE = "golden.json"
+GOLDEN_ROWS = 8
+
+
+def write_golden(out_dir: Path, card: dict[str, Any]) -> Path:
+    """The promotion smoke test's input: held-out rows and the labels this very model gives them."""
+    import onnxruntime
+
+    _, x_test, _, _ = digits_split()
+    rows = x_test[:GOLDEN_ROWS]
+    session = onnxruntime.InferenceSession(str(out_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
+    (probabilities,) = session.run([card["probabilities_output"]], {card["inputs"][0]["name"]: rows})
+    golden = {"model_sha256": card["sha256"], "instances": rows.tolist(),
+              "labels": [int(i) for i in np.argmax(probabilities, axis=1)]}
+    path = out_dir / GOLDEN_FILE
+    path.write_text(json.dumps(golden) + "\n", encoding="utf-8")
+    return path
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -180,7 +203,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         )
         return 2
     print(json.dumps(card, indent=2))
-    print(f"wrote {Path(args.out) / MODEL_FILE} and {Path(args.out) / CARD_FILE}", file=sys.stderr)
+    print(f"wrote {Path(args.out) / MODEL_FILE}, {CARD_FILE}, {GOLDEN_FILE} and the Triton layout", file=sys.stderr)
     if getattr(args, "no_tf", False):
         return 0
     from stagectl.tf_export import write_tf_artifact

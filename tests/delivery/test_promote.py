@@ -58,6 +58,10 @@ def project(tmp_path: Path, model_dir: Path) -> Path:
     text = mvp.read_text()
     old = yaml.safe_load(text)["config"]["aistack:release"]
     mvp.write_text(text.replace(old["imageDigest"], DIGEST).replace(old["modelSha256"], sha))
+    for stage in ("partner", "prod"):  # the targets still pin an older release
+        path = tmp_path / f"Pulumi.{stage}.yaml"
+        pins = yaml.safe_load(path.read_text())["config"]["aistack:release"]
+        path.write_text(path.read_text().replace(pins["modelSha256"], "0" * 64))
     return tmp_path
 
 
