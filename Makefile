@@ -32,7 +32,7 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	scripts/install-test-deps.sh
-	$(BIN)/python bench/service.py --json
+	$(BIN)/python bench/service.py --json --triton
 	$(BIN)/python bench/migrate.py --json
 
 plan: $(STAMP)
