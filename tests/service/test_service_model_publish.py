@@ -100,6 +100,10 @@ def test_publish_dry_run_uploads_nothing_and_says_the_tf_artifact_is_missing(
     summary = json.loads(out)
     sha = json.loads((model_copy / "card.json").read_text())["sha256"]
     assert summary["dry_run"] is True
-    assert summary["objects"] == [f"models/digits-mlp/{sha}/model.onnx", f"models/digits-mlp/{sha}/card.json"]
+    prefix = f"models/digits-mlp/{sha}"
+    # the model, its card and the Triton layout the build writes beside them
+    assert sorted(summary["objects"]) == sorted([f"{prefix}/model.onnx", f"{prefix}/card.json",
+                                                 f"{prefix}/triton/digits-mlp/config.pbtxt",
+                                                 f"{prefix}/triton/digits-mlp/1/model.onnx"])
     assert "tf_model_base_path" not in summary and "no TF SavedModel" in err
     assert _keys(s3_env, "dry") == {}
