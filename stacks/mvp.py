@@ -15,7 +15,8 @@ from components.identity import ACCESS_KEY_ENTRY, SECRET_KEY_ENTRY, WorkloadIden
 from components.registry import ImageRegistry, ImageRegistryArgs
 from components.secrets import SecretStore, SecretStoreArgs
 from components.serverless import SecretEnv, ServerlessService, ServerlessServiceArgs
-from components.storage import ModelStore, ModelStoreArgs
+from components.storage import ModelStore
+from stacks.common import model_store_args
 from stacks.config import PROJECT, ConfigError, MvpConfig
 
 S3_ENDPOINT = "https://storage.yandexcloud.net"
@@ -41,25 +42,9 @@ def program(cfg: MvpConfig, root: Path) -> None:
         ImageRegistryArgs(folder_id=cfg.folder_id, pullers=[workload.service_account_id]),
         labels,
     )
-    st = cfg.storage
     store = ModelStore(
         f"{prefix}-data",
-        ModelStoreArgs(
-            folder_id=cfg.folder_id,
-            bucket_name=cfg.bucket_name,
-            model_name=cfg.model.name,
-            model_sha256=cfg.release.model_sha256,
-            model_dir=str(root / cfg.model.dir),
-            model_prefix=st.model_prefix,
-            log_prefix=st.log_prefix,
-            log_retention_days=st.log_retention_days,
-            log_cold_after_days=st.log_cold_after_days,
-            noncurrent_version_days=st.noncurrent_version_days,
-            max_size_gb=st.max_size_gb,
-            force_destroy=st.force_destroy,
-            kms_deletion_protection=st.kms_deletion_protection,
-            writers=[workload.service_account_id],
-        ),
+        model_store_args(cfg, root / cfg.model.dir, writers=[workload.service_account_id]),
         labels,
     )
     assert workload.secret_id is not None and workload.secret_version_id is not None

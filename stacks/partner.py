@@ -24,8 +24,9 @@ from components.network import StageNetwork, StageNetworkArgs, SubnetSpec
 from components.postgres import Postgres, PostgresArgs
 from components.registry import ImageRegistry, ImageRegistryArgs
 from components.runner import GitlabRunner, GitlabRunnerArgs
-from components.storage import ModelStore, ModelStoreArgs
+from components.storage import ModelStore
 from components.triton_repo import CARD_FILE, TritonOptions, TritonRepository, TritonRepositoryArgs, load_card
+from stacks.common import model_store_args
 from stacks.config import PROJECT, ConfigError, PartnerConfig
 
 RUNNER_TOKEN_KEY = "gitlabRunnerToken"
@@ -80,22 +81,7 @@ def program(cfg: PartnerConfig, root: Path) -> None:
     model_dir = root / cfg.model.dir
     store = ModelStore(
         f"{prefix}-data",
-        ModelStoreArgs(
-            folder_id=cfg.folder_id,
-            bucket_name=cfg.bucket_name,
-            model_name=cfg.model.name,
-            model_sha256=cfg.release.model_sha256,
-            model_dir=str(model_dir),
-            model_prefix=st.model_prefix,
-            log_prefix=st.log_prefix,
-            log_retention_days=st.log_retention_days,
-            log_cold_after_days=st.log_cold_after_days,
-            noncurrent_version_days=st.noncurrent_version_days,
-            max_size_gb=st.max_size_gb,
-            force_destroy=st.force_destroy,
-            kms_deletion_protection=st.kms_deletion_protection,
-            readers=[workload.service_account_id],
-        ),
+        model_store_args(cfg, model_dir, readers=[workload.service_account_id]),
         labels,
     )
     tr = cfg.triton

@@ -43,8 +43,9 @@ from components.k8s_platform import (
 from components.kubernetes import ManagedKubernetes, ManagedKubernetesArgs, cpu_node_group, gpu_node_group
 from components.network import StageNetwork, StageNetworkArgs, SubnetSpec
 from components.registry import ImageRegistry, ImageRegistryArgs
-from components.storage import ModelStore, ModelStoreArgs, model_object_key
+from components.storage import ModelStore, model_object_key
 from components.tfserving import BACKEND_APP, TfServing, TfServingArgs
+from stacks.common import model_store_args
 from stacks.config import PROJECT, ProdConfig
 
 REPO_TOKEN_KEY = "gitopsRepoToken"
@@ -83,25 +84,9 @@ def program(cfg: ProdConfig, root: Path) -> None:
         WorkloadIdentityArgs(folder_id=cfg.folder_id, description="TF Serving: reads the model from Object Storage"),
         labels,
     )
-    st = cfg.storage
     store = ModelStore(
         f"{prefix}-data",
-        ModelStoreArgs(
-            folder_id=cfg.folder_id,
-            bucket_name=cfg.bucket_name,
-            model_name=cfg.model.name,
-            model_sha256=cfg.release.model_sha256,
-            model_dir=str(root / cfg.model.dir),
-            model_prefix=st.model_prefix,
-            log_prefix=st.log_prefix,
-            log_retention_days=st.log_retention_days,
-            log_cold_after_days=st.log_cold_after_days,
-            noncurrent_version_days=st.noncurrent_version_days,
-            max_size_gb=st.max_size_gb,
-            force_destroy=st.force_destroy,
-            kms_deletion_protection=st.kms_deletion_protection,
-            readers=[model_reader.service_account_id],
-        ),
+        model_store_args(cfg, root / cfg.model.dir, readers=[model_reader.service_account_id]),
         labels,
     )
 
