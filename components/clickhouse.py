@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pulumi
 import pulumi_random
@@ -34,6 +34,7 @@ import pulumi_random
 from components.base import StageComponent, ValidationError
 from components.network import SecurityGroupSpec, SgRule
 from components.postgres import LOCAL_SSD_STEP_GB, NETWORK_DISK_RANGE_GB, NONREPLICATED_STEP_GB, Preset
+from components.postgres import RESOURCE_PRESETS as POSTGRES_PRESETS
 from components.secrets import SecretStore, SecretStoreArgs
 from components.yc import yandex
 
@@ -45,29 +46,12 @@ SHARDS_RANGE = (1, 10)
 REPLICAS_RANGE = (1, 7)
 PASSWORD_ENTRY = "CLICKHOUSE_PASSWORD"
 
+#: The Managed Databases host classes, shared with PostgreSQL (components/postgres.py) less
+#: s2.2xlarge, which ClickHouse does not offer; PostgreSQL's burstable disk cap does not apply.
 RESOURCE_PRESETS: dict[str, Preset] = {
-    # Intel Cascade Lake
-    "b2.medium": Preset(2, 4, "cascade-lake", burstable=True),
-    "s2.micro": Preset(2, 8, "cascade-lake"),
-    "s2.small": Preset(4, 16, "cascade-lake"),
-    "s2.medium": Preset(8, 32, "cascade-lake"),
-    "s2.large": Preset(12, 48, "cascade-lake"),
-    "s2.xlarge": Preset(16, 64, "cascade-lake"),
-    "m2.micro": Preset(2, 16, "cascade-lake"),
-    "m2.small": Preset(4, 32, "cascade-lake"),
-    "m2.medium": Preset(6, 48, "cascade-lake"),
-    # Intel Ice Lake
-    "b3-c1-m4": Preset(2, 4, "ice-lake", burstable=True),
-    "s3-c2-m8": Preset(2, 8, "ice-lake"),
-    "s3-c4-m16": Preset(4, 16, "ice-lake"),
-    "s3-c8-m32": Preset(8, 32, "ice-lake"),
-    "s3-c12-m48": Preset(12, 48, "ice-lake"),
-    "s3-c16-m64": Preset(16, 64, "ice-lake"),
-    "s3-c24-m96": Preset(24, 96, "ice-lake"),
-    "s3-c32-m128": Preset(32, 128, "ice-lake"),
-    "m3-c2-m16": Preset(2, 16, "ice-lake"),
-    "m3-c4-m32": Preset(4, 32, "ice-lake"),
-    "m3-c8-m64": Preset(8, 64, "ice-lake"),
+    name: replace(preset, max_disk_gb=None)
+    for name, preset in POSTGRES_PRESETS.items()
+    if name != "s2.2xlarge"
 }
 
 _IDENTIFIER = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$")
