@@ -1,42 +1,54 @@
-# Two commands matter: `make demo` and `make test` (see README). Both create .venv on first use.
+# Two commands matter: `make demo` and `make test` (see README). Both install exactly the lock files
+# (scripts/venv.sh); `make lock` refreshes them after a dependency change.
 PYTHON ?= python3
+export PYTHON
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench plan clean
+.PHONY: demo test lint typecheck unit bench plan lock lock-check venv venv-dev clean
 
-$(STAMP): pyproject.toml service/requirements.txt requirements/model.txt requirements/dev.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[service,model,dev]'
-	touch $(STAMP)
+## .venv for the demo and for `pulumi up`: the project and the service (requirements.txt).
+venv:
+	scripts/venv.sh runtime
+
+## .venv for the tests: the runtime plus the model build, test servers, linters (requirements/dev.txt).
+venv-dev:
+	scripts/venv.sh dev
 
 ## The main job on embedded defaults: no cloud account, credentials or Pulumi CLI.
-demo: $(STAMP)
+demo: venv
 	$(BIN)/stagectl demo
 
 ## The whole test suite, including the system packages and servers it needs.
-test: $(STAMP)
+test: venv-dev
 	scripts/install-test-deps.sh
-	$(MAKE) lint typecheck unit
+	$(MAKE) lock-check lint typecheck unit
 
-lint: $(STAMP)
+lint: venv-dev
 	$(BIN)/ruff check .
 
-typecheck: $(STAMP)
+typecheck: venv-dev
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: venv-dev
 	$(BIN)/pytest
 
-bench: $(STAMP)
+## Offline: fails if a lock file is older than the dependency lists it was resolved from.
+lock-check:
+	$(PYTHON) scripts/lock.py --check
+
+## Re-resolve the locks after changing pyproject.toml, requirements/*.in or service/requirements.in
+## (keeps every pin that still fits); `make lock UPGRADE=1` moves every pin to the newest release.
+lock: venv-dev
+	$(BIN)/python scripts/lock.py $(if $(UPGRADE),--upgrade)
+
+bench: venv-dev
 	scripts/install-test-deps.sh
 	$(BIN)/python bench/service.py --json --triton
 	$(BIN)/python bench/migrate.py --json
 
-plan: $(STAMP)
+plan: venv
 	$(BIN)/stagectl plan mvp
 
 clean:
-	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-tf .venv-triton build .mypy_cache .ruff_cache .pytest_cache

@@ -3,24 +3,14 @@
 # to write the TF SavedModel and by the TF Serving tests. TensorFlow lives apart from .venv because
 # it pulls protobuf 7.x while .venv pins protobuf 5.x (pulumi-policy).
 #
-# Idempotent: does nothing when .venv-tf already holds what requirements/tf.txt asks for (a stamp
-# newer than that file). TF_VENV overrides the location; PYTHON the interpreter (3.11 or 3.12).
+# Exactly requirements/tf.txt (the lock of requirements/tf.in), through scripts/venv.sh: does
+# nothing when .venv-tf is already synced to that lock. PYTHON sets the interpreter (3.11 or 3.12).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv="${TF_VENV:-.venv-tf}"
-python="${PYTHON:-python3}"
-requirements="requirements/tf.txt"
-stamp="$venv/.installed"
-
-# (find_spec, not an import: importing TensorFlow takes seconds)
-if [ -f "$stamp" ] && [ "$stamp" -nt "$requirements" ] \
-   && "$venv/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("tensorflow") is None)' 2>/dev/null; then
-  exit 0
+before="$(cat .venv-tf/.synced-lock 2>/dev/null || true)"
+scripts/venv.sh tf
+if [ "$before" != "$(cat .venv-tf/.synced-lock)" ]; then
+  trap 'rm -f .venv-tf/.synced-lock' ERR  # a TensorFlow that does not import: sync and check again next time
+  .venv-tf/bin/python -c 'import tensorflow as tf; print("tf-venv: TensorFlow", tf.__version__, "in .venv-tf")'
 fi
-
-test -x "$venv/bin/python" || "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet -r "$requirements"
-"$venv/bin/python" -c 'import tensorflow as tf; print("tf-venv: TensorFlow", tf.__version__, "in '"$venv"'")'
-touch "$stamp"

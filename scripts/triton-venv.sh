@@ -1,36 +1,32 @@
 #!/usr/bin/env bash
-# Creates .venv-triton (idempotent): the standalone `tritonserver` from the nvidia-pytriton wheel,
-# numpy<2 and ONNX Runtime for its Python backend (requirements/triton.txt). The main .venv cannot
-# hold them (numpy 2 there). Re-installs only when requirements/triton.txt is newer than the venv.
+# Creates .venv-triton: the standalone `tritonserver` from the nvidia-pytriton wheel, numpy<2 and
+# ONNX Runtime for its Python backend (requirements/triton.in, locked in requirements/triton.txt).
+# The main .venv cannot hold them (numpy 2 there). Synced through scripts/venv.sh: does nothing
+# when .venv-triton already matches the lock.
 #
 #   scripts/triton-venv.sh          # then: .venv/bin/python -m tests.service.triton_server --info
 #
 # Environment: PYTHON (interpreter to create the venv with, default python3; must be 3.11, the
-# version the wheel's Python-backend stub is built for), TRITON_VENV (default .venv-triton).
+# version the wheel's Python-backend stub is built for).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv="${TRITON_VENV:-.venv-triton}"
 python="${PYTHON:-python3}"
-requirements=requirements/triton.txt
-stamp="$venv/.installed"
-
-if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$stamp" -nt "$requirements" ]; then
-  exit 0
-fi
-if [ ! -x "$venv/bin/python" ]; then
+if [ ! -x .venv-triton/bin/python ]; then
   version="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
   if [ "$version" != "3.11" ]; then
     echo "triton-venv: $python is Python $version; the tritonserver Python backend needs 3.11 (set PYTHON=)" >&2
     exit 1
   fi
-  "$python" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+before="$(cat .venv-triton/.synced-lock 2>/dev/null || true)"
+scripts/venv.sh triton
+[ "$before" != "$(cat .venv-triton/.synced-lock)" ] || exit 0
 
-# The binary must start: it needs the interpreter's own libpython3.11.so on LD_LIBRARY_PATH.
-"$venv/bin/python" - <<'PY'
+# The binary must start: it needs the interpreter's own libpython3.11.so on LD_LIBRARY_PATH. If it
+# does not, the stamp goes, so the next run syncs and checks again.
+trap 'rm -f .venv-triton/.synced-lock' ERR
+.venv-triton/bin/python - <<'PY'
 import pathlib, subprocess, sys, sysconfig, os
 import pytriton
 root = pathlib.Path(pytriton.__file__).parent / "tritonserver"
@@ -45,4 +41,3 @@ if "--model-repository" not in out.stdout + out.stderr:
     sys.exit(f"triton-venv: {binary} does not start:\n{out.stderr[-2000:]}")
 print(f"triton-venv: {binary} ready")
 PY
-touch "$stamp"

@@ -18,14 +18,13 @@ STAGES = ("mvp", "partner", "prod")
 def run() -> int:
     from pathlib import Path
 
-    from stagectl.demo_service import run_service_demo
-    from stagectl.model import DEFAULT_OUT, MODEL_FILE, build_demo_model
+    from stagectl.demo_service import DemoError, released_model, run_service_demo
 
-    model_dir = Path.cwd() / DEFAULT_OUT
-    if not (model_dir / MODEL_FILE).is_file():  # the stacks upload it: build it before planning
-        print(f"== building the demo model into {DEFAULT_OUT} ==")
-        card = build_demo_model(model_dir)
-        print(f"model {card['name']} sha256 {card['sha256']} (held-out accuracy {card['accuracy']})\n")
+    try:
+        released_model(Path.cwd())  # the stacks upload it: it must be there before planning
+    except DemoError as exc:
+        print(f"demo: {exc}")
+        return 2
     book = load_price_book()
     print("== offline plans (Pulumi mock runtime: no cloud account, credentials or Pulumi CLI) ==")
     failed = False

@@ -1,8 +1,10 @@
-"""The service part of ``make demo``: build the demo model if needed, start ``python -m service`` on a
-free local port with its embedded defaults, ask for one prediction, print it, stop the service.
+"""The service part of ``make demo``: start ``python -m service`` on a free local port with its
+embedded defaults and the released demo model (``models/digits``, committed), ask for one
+prediction on a held-out digit of its golden input, print it, stop the service.
 
 Everything runs on this machine: in-process ONNX Runtime, the file-based ``local`` prediction store
-(under a temporary directory, so the demo leaves nothing behind but the model in ``models/digits``).
+(under a temporary directory, so the demo leaves nothing behind). Nothing is trained: the demo
+needs neither scikit-learn nor the model toolchain.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from stagectl.model import CARD_FILE, DEFAULT_OUT, MODEL_FILE
+from stagectl.model import CARD_FILE, GOLDEN_FILE, MODEL_FILE, RELEASE_DIR, sha256_file
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
@@ -69,19 +71,36 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.returncode
 
 
-def run_service_demo() -> int:
-    """Build (if missing), serve, predict one held-out digit, stop; 0 on success."""
-    from stagectl.model import build_demo_model, held_out_sample
+class DemoError(Exception):
+    pass
 
-    model_dir = Path.cwd() / DEFAULT_OUT
-    if not (model_dir / MODEL_FILE).is_file() or not (model_dir / CARD_FILE).is_file():
-        print(f"building the demo model into {model_dir} ...", flush=True)
-        card = build_demo_model(model_dir)
-    else:
-        card = json.loads((model_dir / CARD_FILE).read_text(encoding="utf-8"))
+
+def released_model(root: Path) -> tuple[Path, dict[str, Any]]:
+    """The committed release (``models/digits``) and its card, checked against each other."""
+    model_dir = root / RELEASE_DIR
+    missing = [name for name in (MODEL_FILE, CARD_FILE, GOLDEN_FILE) if not (model_dir / name).is_file()]
+    if missing:
+        raise DemoError(f"{', '.join(str(RELEASE_DIR / m) for m in missing)} missing: the released model is part of "
+                        f"the repository (git checkout -- {RELEASE_DIR})")
+    card: dict[str, Any] = json.loads((model_dir / CARD_FILE).read_text(encoding="utf-8"))
+    actual = sha256_file(model_dir / MODEL_FILE)
+    if actual != card["sha256"]:
+        raise DemoError(f"{RELEASE_DIR / MODEL_FILE} has sha256 {actual} but its card says {card['sha256']}: "
+                        f"restore the release (git checkout -- {RELEASE_DIR})")
+    return model_dir, card
+
+
+def run_service_demo() -> int:
+    """Serve the released model, predict one held-out digit, stop; 0 on success."""
+    try:
+        model_dir, card = released_model(Path.cwd())
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
     print(f"model {card['name']} version {card['version']} (held-out accuracy {card['accuracy']})", flush=True)
 
-    pixels, truth = held_out_sample(SAMPLE_INDEX)
+    golden = json.loads((model_dir / GOLDEN_FILE).read_text(encoding="utf-8"))
+    pixels, truth = golden["instances"][SAMPLE_INDEX], golden["targets"][SAMPLE_INDEX]
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="service-demo-") as tmp:

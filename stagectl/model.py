@@ -5,6 +5,19 @@ data set (8x8 images flattened to 64 floats, 10 classes; nothing is downloaded),
 with skl2onnx (no ZipMap, so the probabilities come out as a plain ``float32 [N, 10]`` tensor) and
 writes a model card beside it. The service needs only ONNX Runtime and the card at run time.
 
+**The release is committed**: ``models/digits/`` holds the released ``model.onnx``, its card and
+its golden input, and every stack pins that file's sha256 (``release.modelSha256``). A model is an
+artifact: it is built once, reviewed and pinned, and deploys ship that very file; they never
+retrain. ``stagectl model build`` rebuilds it (into ``build/models/digits`` by default) and checks
+the rebuild against the release, bit for bit. Rebuilds are reproducible because everything that
+decides the bytes is fixed: the data split and seeds below, the library versions
+(``requirements/dev.txt``), and the floating-point kernels of OpenBLAS, whose results differ in
+the last bits between CPU generations (AVX2 vs AVX-512 gemm kernels give two different models from
+the same code and versions): training runs in a fresh interpreter with OpenBLAS forced to its
+Haswell (AVX2) kernels on one thread, which every x86-64 CPU of the last decade runs. Elsewhere (an
+ARM laptop, a CPU without AVX2) the rebuild can differ in its bytes; the check then compares what
+the two models answer on the held-out split and says so. ``--out models/digits`` makes a new release.
+
 The card is the contract between a model and the service (see ``service/README.md``)::
 
     {
@@ -27,7 +40,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import platform
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +53,9 @@ import numpy as np
 MODEL_NAME = "digits-mlp"
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
-DEFAULT_OUT = Path("models") / "digits"
+#: The released model (committed; the stacks pin its sha256) and where rebuilds go by default.
+RELEASE_DIR = Path("models") / "digits"
+BUILD_DIR = Path("build") / "models" / "digits"
 INPUT_NAME = "float_input"
 SEED = 0
 TEST_SIZE = 0.25
@@ -117,8 +136,61 @@ def _check_onnx(path: Path, pipeline: Any) -> None:
         raise RuntimeError(f"ONNX export of {MODEL_NAME} disagrees with scikit-learn")
 
 
+#: OpenBLAS kernels that training is pinned to on x86-64 (see the module docstring)
+BLAS_CORETYPE = "Haswell"
+
+
+def _cpu_has_avx2() -> bool:
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags
+
+
+def training_environment() -> dict[str, str]:
+    """The environment of the training interpreter: one BLAS/OpenMP thread, and OpenBLAS's Haswell
+    kernels where the CPU runs them."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.pop("OPENBLAS_CORETYPE", None)
+    if _cpu_has_avx2():
+        env["OPENBLAS_CORETYPE"] = BLAS_CORETYPE
+    return env
+
+
+class ModelBuildError(Exception):
+    """The build could not run (a library missing) or failed its own checks."""
+
+
 def build_demo_model(out_dir: Path) -> dict[str, Any]:
-    """Train, export and describe the demo model; writes ``model.onnx`` and ``card.json``; returns the card."""
+    """Train, export and describe the demo model in a fresh interpreter with the pinned numeric
+    environment; writes ``model.onnx``, ``card.json``, ``golden.json`` and the Triton layout into
+    ``out_dir`` and returns the card."""
+    out_dir = Path(out_dir).resolve()
+    result = subprocess.run([sys.executable, "-m", "stagectl.model", str(out_dir)], env=training_environment(),
+                            capture_output=True, text=True, cwd=str(Path(__file__).resolve().parents[1]))
+    if result.returncode != 0:
+        raise ModelBuildError(result.stderr.strip().splitlines()[-1] if result.stderr.strip()
+                              else f"the model build exited with status {result.returncode}")
+    card: dict[str, Any] = json.loads((out_dir / CARD_FILE).read_text(encoding="utf-8"))
+    return card
+
+
+def _blas_description() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+
+        kinds = sorted({f"{i.get('internal_api')} {i.get('architecture') or ''}".strip()
+                        for i in threadpool_info() if i.get("user_api") == "blas"})
+    except ImportError:  # pragma: no cover - scikit-learn depends on threadpoolctl
+        kinds = []
+    return (", ".join(kinds) or "unknown") + ", 1 thread"
+
+
+def _build_here(out_dir: Path) -> dict[str, Any]:
+    """The build itself (runs in the interpreter :func:`build_demo_model` starts)."""
     import onnx
     import onnxruntime
     import skl2onnx
@@ -161,6 +233,7 @@ def build_demo_model(out_dir: Path) -> dict[str, Any]:
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
             "opset": TARGET_OPSET[""],
+            "blas": _blas_description(),
         },
     }
     card_tmp = out_dir / (CARD_FILE + ".tmp")
@@ -181,35 +254,102 @@ def write_golden(out_dir: Path, card: dict[str, Any]) -> Path:
     """The promotion smoke test's input: held-out rows and the labels this very model gives them."""
     import onnxruntime
 
-    _, x_test, _, _ = digits_split()
+    _, x_test, _, y_test = digits_split()
     rows = x_test[:GOLDEN_ROWS]
     session = onnxruntime.InferenceSession(str(out_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
     (probabilities,) = session.run([card["probabilities_output"]], {card["inputs"][0]["name"]: rows})
     golden = {"model_sha256": card["sha256"], "instances": rows.tolist(),
-              "labels": [int(i) for i in np.argmax(probabilities, axis=1)]}
+              "labels": [int(i) for i in np.argmax(probabilities, axis=1)],
+              # the data set's own labels of those rows (the demo shows them; promotion gates on "labels")
+              "targets": [int(t) for t in y_test[:GOLDEN_ROWS]]}
     path = out_dir / GOLDEN_FILE
     path.write_text(json.dumps(golden) + "\n", encoding="utf-8")
     return path
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A rebuilt model against the released one."""
+
+    released_sha256: str
+    rebuilt_sha256: str
+    #: held-out rows on which both give the same label, of how many
+    same_labels: int
+    rows: int
+    #: the largest difference between their probabilities on the held-out split
+    max_probability_delta: float
+
+    @property
+    def identical(self) -> bool:
+        return self.released_sha256 == self.rebuilt_sha256
+
+
+def compare_models(released: Path, rebuilt: Path) -> Comparison:
+    """What two model directories hold, compared by bytes and by their answers on the held-out split."""
+    import onnxruntime as ort
+
+    def run(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        card = json.loads((model_dir / CARD_FILE).read_text(encoding="utf-8"))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(model_dir / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+        rows = np.asarray(json.loads((model_dir / GOLDEN_FILE).read_text(encoding="utf-8"))["instances"],
+                          dtype=np.float32)
+        (probabilities,) = session.run([card["probabilities_output"]], {card["inputs"][0]["name"]: rows})
+        return np.argmax(probabilities, axis=1), probabilities
+
+    labels_a, probs_a = run(released)
+    labels_b, probs_b = run(rebuilt)
+    return Comparison(
+        released_sha256=sha256_file(released / MODEL_FILE),
+        rebuilt_sha256=sha256_file(rebuilt / MODEL_FILE),
+        same_labels=int((labels_a == labels_b).sum()),
+        rows=len(labels_a),
+        max_probability_delta=float(np.abs(probs_a - probs_b).max()),
+    )
+
+
+def _describe_difference(comparison: Comparison, released: Path, rebuilt: Path) -> str:
+    cards = [json.loads((d / CARD_FILE).read_text(encoding="utf-8")).get("built_with", {}) for d in (released, rebuilt)]
+    changed = [f"{k}: {cards[0].get(k)} -> {cards[1].get(k)}" for k in sorted(set(cards[0]) | set(cards[1]))
+               if cards[0].get(k) != cards[1].get(k)]
+    return (f"the rebuild differs from the release {released / MODEL_FILE}: sha256 "
+            f"{comparison.released_sha256} (released) vs {comparison.rebuilt_sha256} (rebuilt); "
+            f"on the golden rows {comparison.same_labels}/{comparison.rows} labels agree, probabilities differ "
+            f"by at most {comparison.max_probability_delta:.2e}; built with: "
+            + ("; ".join(changed) or "the same libraries and kernels (another CPU or platform)"))
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    release = Path(args.release)
     try:
-        card = build_demo_model(Path(args.out))
-    except ImportError as exc:
-        print(
-            f"stagectl model build: {exc.name or exc} is not installed; "
-            "install the model extra: pip install -e '.[model]'",
-            file=sys.stderr,
-        )
+        card = build_demo_model(out)
+    except ModelBuildError as exc:
+        print(f"stagectl model build: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(card, indent=2))
-    print(f"wrote {Path(args.out) / MODEL_FILE}, {CARD_FILE}, {GOLDEN_FILE} and the Triton layout", file=sys.stderr)
-    if getattr(args, "no_tf", False):
-        return 0
+    print(f"wrote {out / MODEL_FILE}, {CARD_FILE}, {GOLDEN_FILE} and the Triton layout", file=sys.stderr)
+    status = 0
+    if out.resolve() == release.resolve():
+        print(f"new release in {release}: pin release.modelSha256: {card['sha256']} in every Pulumi.<stack>.yaml",
+              file=sys.stderr)
+    elif not (release / MODEL_FILE).is_file():
+        print(f"no released model in {release} to compare with", file=sys.stderr)
+    else:
+        comparison = compare_models(release, out)
+        if comparison.identical:
+            print(f"the rebuild reproduces the release {release / MODEL_FILE} bit for bit "
+                  f"(sha256 {comparison.rebuilt_sha256})", file=sys.stderr)
+        else:
+            print(f"stagectl model build: {_describe_difference(comparison, release, out)}", file=sys.stderr)
+            status = 1
+    if args.no_tf:
+        return status
     from stagectl.tf_export import write_tf_artifact
 
     # the TensorFlow SavedModel for TF Serving (prod), checked against ONNX Runtime on the held-out split
-    return write_tf_artifact(Path(args.out), check_x=digits_split()[1])
+    return write_tf_artifact(out, check_x=digits_split()[1]) or status
 
 
 def _cmd_usage(parser: argparse.ArgumentParser) -> Any:
@@ -227,19 +367,41 @@ def add_commands(subparsers: Any) -> None:
     actions = model.add_subparsers(dest="model_action", metavar="ACTION")
     build = actions.add_parser(
         "build",
-        help="train the digits demo model, export ONNX and write its card",
-        description="Train the deterministic digits demo model (scikit-learn), export it to ONNX "
-        "without ZipMap and write model.onnx + card.json into DIR.",
+        help="rebuild the digits demo model and check it against the release",
+        description="Train the deterministic digits demo model (scikit-learn), export it to ONNX without "
+        "ZipMap, write model.onnx, card.json, golden.json and the Triton layout into DIR, and compare the "
+        f"result with the released model in {RELEASE_DIR} (exit 1 if it differs). --out {RELEASE_DIR} "
+        "makes a new release instead.",
     )
     build.add_argument(
         "--out",
-        default=str(DEFAULT_OUT),
+        default=str(BUILD_DIR),
         metavar="DIR",
-        help=f"output directory (default: {DEFAULT_OUT}, relative to the current directory)",
+        help=f"output directory (default: {BUILD_DIR}, relative to the current directory)",
     )
+    build.add_argument("--release", default=str(RELEASE_DIR), metavar="DIR",
+                       help=f"the released model to compare with (default: {RELEASE_DIR})")
     build.add_argument("--no-tf", action="store_true", help="do not write the TensorFlow SavedModel (tf/<version>/)")
     build.set_defaults(func=_cmd_build)
     from stagectl import model_publish, tf_export
 
     tf_export.add_command(actions)
     model_publish.add_command(actions)
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m stagectl.model OUT_DIR``: the build in this interpreter (see :func:`build_demo_model`)."""
+    if len(argv) != 1:
+        print("usage: python -m stagectl.model OUT_DIR", file=sys.stderr)
+        return 2
+    try:
+        _build_here(Path(argv[0]))
+    except ImportError as exc:
+        print(f"{exc.name or exc} is not installed: the model build needs the model extra "
+              "(make venv-dev installs it from requirements/dev.txt)", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -25,6 +25,72 @@ from pulumi.runtime import rpc
 from pulumi.runtime.stack import run_in_stack
 from pulumi.runtime.sync_await import _sync_await
 
+#: Private parts of the Pulumi Python SDK the mock-runtime plan relies on (with stacks/stages.py).
+#: The SDK is pinned exactly (pyproject.toml) for this reason; tests/environment/test_versions.py
+#: checks every one of them against the installed SDK and names the ones an upgrade broke.
+#:
+#:   pulumi.output.Unknown                    marker of an unknown value in deserialised inputs
+#:   pulumi.runtime.rpc.UNKNOWN / is_rpc_secret / deserialize_properties / serialize_properties
+#:                                            the wire encoding of inputs, secrets and unknowns
+#:   pulumi.runtime.mocks.MockMonitor         subclassed: records RegisterResource(Outputs) calls
+#:   pulumi.runtime.set_mocks(monitor=)       installs that monitor instead of a fresh one
+#:   pulumi.runtime.stack.run_in_stack        runs the program inside a root stack resource
+#:   pulumi.runtime.sync_await._sync_await    drives the program's event loop to completion
+#:   pulumi.runtime.settings.set_root_resource  drops the root stack set_mocks registers
+#:   pulumi.resource.register_resource        wrapped to record the construction order
+#:   pulumi.runtime.config.CONFIG / get_config_env / is_config_secret   the config map (stages.py)
+SDK_INTERNALS: tuple[str, ...] = (
+    "pulumi.output.Unknown",
+    "pulumi.runtime.rpc.UNKNOWN",
+    "pulumi.runtime.rpc.is_rpc_secret",
+    "pulumi.runtime.rpc.deserialize_properties",
+    "pulumi.runtime.rpc.serialize_properties",
+    "pulumi.runtime.mocks.MockMonitor.RegisterResource",
+    "pulumi.runtime.mocks.MockMonitor.RegisterResourceOutputs",
+    "pulumi.runtime.set_mocks",
+    "pulumi.runtime.stack.run_in_stack",
+    "pulumi.runtime.sync_await._sync_await",
+    "pulumi.runtime.settings.set_root_resource",
+    "pulumi.resource.register_resource",
+    "pulumi.runtime.config.CONFIG",
+    "pulumi.runtime.config.get_config_env",
+    "pulumi.runtime.config.is_config_secret",
+)
+
+
+
+def missing_sdk_internals(names: tuple[str, ...] = SDK_INTERNALS) -> list[str]:
+    """The dotted names of ``names`` the installed Pulumi SDK does not have (or not in the shape used)."""
+    import importlib
+    import inspect
+
+    missing = []
+    for name in names:
+        parts = name.split(".")
+        target: Any = None
+        for split in range(len(parts) - 1, 0, -1):  # the longest importable module prefix
+            try:
+                target = importlib.import_module(".".join(parts[:split]))
+            except ImportError:
+                continue
+            try:
+                for attr in parts[split:]:
+                    target = getattr(target, attr)
+            except AttributeError:
+                target = None
+            break
+        if target is None:
+            missing.append(name)
+    shapes = {"pulumi.runtime.set_mocks": ("monitor",), "pulumi.resource.register_resource": ("res", "ty", "name")}
+    for name, params in shapes.items():
+        if name in names and name not in missing:
+            module, _, attr = name.rpartition(".")
+            signature = inspect.signature(getattr(importlib.import_module(module), attr))
+            if not set(params) <= set(signature.parameters):
+                missing.append(f"{name}({', '.join(params)})")
+    return missing
+
+
 SECRET = "[secret]"
 COMPUTED = "[computed]"
 STACK_TYPE = "pulumi:pulumi:Stack"
@@ -133,6 +199,8 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
 
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)
+        if request.additionalSecretOutputs:
+            response = _with_secret_outputs(request, response)
         if request.type != STACK_TYPE:
             inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
             self.plan.resources.append(PlannedResource(
@@ -150,6 +218,21 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
             outputs = rpc.deserialize_properties(request.outputs, keep_unknowns=True)
             self.plan.outputs = {k: COMPUTED if v is None else redact(v) for k, v in sorted(outputs.items())}
         return super().RegisterResourceOutputs(request)
+
+
+def _with_secret_outputs(request: Any, response: Any) -> Any:
+    """Mark the resource's ``additionalSecretOutputs`` secret in the response, as the engine does (the
+    SDK's mock monitor does not). Each becomes a readable placeholder, ``(<name>.<property>)``: this
+    SDK serialises an unknown value without its secret marker, so a secret output that stayed
+    unknown would reach the resources using it as a plain ``[computed]``. A value the mocks did
+    give is kept, as a secret."""
+    state = rpc.deserialize_properties(response.object, keep_unknowns=True)
+    for prop in request.additionalSecretOutputs:
+        value = state.get(prop)
+        known = value is not None and not isinstance(value, Unknown) and value != rpc.UNKNOWN
+        state[prop] = pulumi.Output.secret(value if known else f"({request.name}.{prop})")
+    response.object.CopyFrom(_sync_await(rpc.serialize_properties(state, {})))
+    return response
 
 
 def _relative_paths(value: Any, root: str) -> Any:

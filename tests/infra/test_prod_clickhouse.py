@@ -108,8 +108,9 @@ def test_password_is_a_secret_everywhere(run_component, random_passwords):
     assert rec.one("LockboxSecretVersion").inputs["entries"] == "[secret]"
 
 
-def test_users_block_is_secret_while_the_password_is_unknown(run_component):
-    """In a preview the password is not known yet; the users block is still marked secret, never plain."""
+def test_users_block_is_secret_while_the_password_is_generated(run_component):
+    """The password is the generated secret of a RandomPassword; the users block carrying it is marked
+    secret, never plain."""
     cluster = run_component(lambda: Clickhouse("ch", ch_args(), LABELS)).one("MdbClickhouseCluster").inputs
     assert cluster["users"] == "[secret]"
 

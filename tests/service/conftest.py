@@ -11,13 +11,30 @@ import pytest
 
 from tests.service.helpers import MotoS3, ServiceProcess, start_service
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo model and card, built once per session by the real ``stagectl model build`` code."""
-    from stagectl.model import build_demo_model
+    """The released demo model (``models/digits``, what every stack pins and ships) with its Triton
+    layout derived as ``stagectl model build`` and publish derive it."""
+    from components.triton_repo import write_layout
+    from stagectl.model import CARD_FILE, GOLDEN_FILE, MODEL_FILE, RELEASE_DIR
 
     out = tmp_path_factory.mktemp("demo-model") / "digits"
+    out.mkdir()
+    for name in (MODEL_FILE, CARD_FILE, GOLDEN_FILE):
+        shutil.copy(ROOT / RELEASE_DIR / name, out / name)
+    write_layout(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def rebuilt_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model rebuilt from scratch by the real ``stagectl model build`` code, once per session."""
+    from stagectl.model import build_demo_model
+
+    out = tmp_path_factory.mktemp("rebuilt-model") / "digits"
     build_demo_model(out)
     return out
 
