@@ -71,13 +71,16 @@ class WorkloadIdentity(StageComponent):
         )
         self.service_account_id: pulumi.Output[str] = self.account.id
         self.member: pulumi.Output[str] = self.account.id.apply(lambda i: f"serviceAccount:{i}")
+        #: The account's role bindings (folder roles, its own secret's reader): what a workload
+        #: that runs as it must wait for (``depends_on``), since a grant takes effect only once made.
+        self.grants: list[pulumi.Resource] = []
 
         for role in args.folder_roles:
-            yandex.ResourcemanagerFolderIamMember(
+            self.grants.append(yandex.ResourcemanagerFolderIamMember(
                 self.child_name(role.replace(".", "-")),
                 yandex.ResourcemanagerFolderIamMemberArgs(folder_id=args.folder_id, role=role, member=self.member),
                 opts=self.child(),
-            )
+            ))
 
         self.secret_id: pulumi.Output[str] | None = None
         self.secret_version_id: pulumi.Output[str] | None = None
@@ -93,12 +96,12 @@ class WorkloadIdentity(StageComponent):
                 ),
                 opts=self.child(),
             )
-            yandex.LockboxSecretIamMember(
+            self.grants.append(yandex.LockboxSecretIamMember(
                 self.child_name("s3-key-reader"),
                 yandex.LockboxSecretIamMemberArgs(
                     secret_id=secret.id, role="lockbox.payloadViewer", member=self.member),
                 opts=self.child(),
-            )
+            ))
             key = yandex.IamServiceAccountStaticAccessKey(
                 self.child_name("s3-key"),
                 yandex.IamServiceAccountStaticAccessKeyArgs(

@@ -12,12 +12,23 @@ What one :class:`ManagedKubernetes` creates:
   allows 443/6443 only from the configured allowlist);
 - one node group per :class:`NodeGroupSpec` (autoscaled, one zone each, labels and taints);
 - a pulumi-kubernetes ``Provider`` configured by a kubeconfig built from the cluster's outputs
-  (the kubeconfig is a Pulumi secret; it authenticates with ``yc k8s create-token``, so it holds
-  no credential of its own).
+  and the IAM token of the Yandex provider's own credentials (the ``yandex_client_config`` data
+  source, Yandex's documented way to configure the Terraform kubernetes provider): whatever runs
+  ``pulumi up`` with Yandex credentials (a service-account key in CI, ``YC_TOKEN`` locally) also
+  reaches the cluster, with no ``yc`` CLI or other exec plugin. The token is fetched on every run
+  (it lives 12 hours) and the kubeconfig is a Pulumi secret. The ``kubeconfig`` *output*, for
+  people with ``kubectl``, authenticates through ``yc k8s create-token`` instead and holds no
+  credential.
 
 Limits checked before anything is created (Yandex Managed Service for Kubernetes):
 
-- versions :data:`VERSIONS` (check ``yc managed-kubernetes list-versions`` for the current list);
+- versions :data:`VERSIONS`, by release channel :data:`CHANNEL_VERSIONS` (check
+  ``yc managed-kubernetes list-versions`` for the current list);
+- with ``auto_upgrade`` (the default) Yandex upgrades the master and the nodes itself, and moves a
+  cluster off a version that leaves support. The configured version is therefore a floor: the
+  program reads the cluster's and each group's current version (data sources, by name) and never
+  plans below it, warning that the stack file should catch up; a higher configured version is
+  an upgrade, applied as usual;
 - a regional master takes exactly three zones, a zonal master one;
 - an autoscaled node group lives in exactly one zone; ``0 <= min <= initial <= max``, ``max <= 100``;
   only GPU groups may scale to zero here (the CPU group runs the cluster's own add-ons);
@@ -33,8 +44,9 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -44,12 +56,27 @@ from components import gpu
 from components.base import StageComponent, ValidationError
 from components.gpu_host import check_boot_disk
 from components.identity import WorkloadIdentity, WorkloadIdentityArgs
-from components.network import ANYWHERE, SecurityGroupSpec, SgRule, check_cidr
+from components.network import ANYWHERE, LB_HEALTHCHECKS, SELF, SecurityGroupSpec, SgRule, check_cidr
 from components.yc import yandex
 
-#: Kubernetes versions the Managed Service offers (and kubernetes-validate has schemas for).
-VERSIONS = ("1.29", "1.30", "1.31", "1.32")
-RELEASE_CHANNELS = ("RAPID", "REGULAR", "STABLE")
+#: Kubernetes versions the Managed Service offers (and kubernetes-validate has schemas for); 1.29
+#: left support in September 2025.
+KubernetesVersion = Literal["1.30", "1.31", "1.32", "1.33", "1.34"]
+VERSIONS: tuple[str, ...] = get_args(KubernetesVersion)
+ReleaseChannel = Literal["RAPID", "REGULAR", "STABLE"]
+RELEASE_CHANNELS: tuple[str, ...] = get_args(ReleaseChannel)
+#: What each channel offers for new clusters (Yandex's "Kubernetes versions" page): 1.34 only on
+#: RAPID so far.
+CHANNEL_VERSIONS: dict[str, tuple[str, ...]] = {
+    "RAPID": VERSIONS,
+    "REGULAR": ("1.30", "1.31", "1.32", "1.33"),
+    "STABLE": ("1.30", "1.31", "1.32", "1.33"),
+}
+DEFAULT_VERSION = "1.33"
+#: The cluster's properties the provider replaces it (and everything in it) for (v0.136.0 ForceNew).
+FORCE_NEW = ("networkId", "folderId", "clusterIpv4Range", "serviceIpv4Range", "releaseChannel",
+             "networkPolicyProvider", "kmsProvider", "nodeIpv4CidrMaskSize", "master.publicIp", "master.zonal",
+             "master.regional", "master.etcdClusterSize")
 MASTER_TYPES = ("zonal", "regional")
 CPU_PLATFORMS = ("standard-v2", "standard-v3")
 CORE_FRACTIONS = (20, 50, 100)
@@ -65,16 +92,59 @@ POOL_LABEL = "aistack.io/node-pool"
 #: ``gpu_settings.gpu_environment`` of driverless GPU nodes (the GPU Operator installs the driver).
 DRIVERLESS_ENVIRONMENT = "runc"
 
-#: Yandex's network load balancer health checks come from these ranges.
-LB_HEALTHCHECK_CIDRS = ("198.18.235.0/24", "198.18.248.0/24")
 API_PORTS = (443, 6443)
+#: metrics-server's port: the master calls it on its pod IP (the HPAs' CPU metrics).
+METRICS_SERVER_PORT = 4443
+NTP_PORT = 123
 NODEPORT_RANGE = (30000, 32767)
 
 
-def check_version(version: str) -> None:
+def check_version(version: str, channel: str | None = None) -> None:
     if version not in VERSIONS:
         raise ValidationError(f"Kubernetes version {version!r} is not offered: allowed {', '.join(VERSIONS)} "
                               "(check `yc managed-kubernetes list-versions`)")
+    if channel is not None and version not in CHANNEL_VERSIONS.get(channel, VERSIONS):
+        offering = [c for c, versions in CHANNEL_VERSIONS.items() if version in versions]
+        raise ValidationError(f"Kubernetes {version} is not offered on the {channel} release channel (allowed there: "
+                              f"{', '.join(CHANNEL_VERSIONS[channel])}); it is on {', '.join(offering)}")
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def effective_version(configured: str, current: str | None) -> str:
+    """The version to plan: the configured one, or the cluster's current one when Yandex has already
+    upgraded past it (planning the configured one would be a downgrade)."""
+    if current and _version_key(current) > _version_key(configured):
+        return ".".join(current.split(".")[:2])
+    return configured
+
+
+def _current_master_version(folder_id: str, name: str) -> str | None:
+    try:
+        cluster = yandex.get_kubernetes_cluster(folder_id=folder_id, name=name)
+    except Exception as exc:  # not created yet, or the API cannot be asked here: plan the configured one
+        _warn_unless_absent(name, exc)
+        return None
+    masters = cluster.masters or []
+    return masters[0].version if masters and masters[0].version else None
+
+
+def _current_group_version(folder_id: str, name: str) -> str | None:
+    try:
+        group = yandex.get_kubernetes_node_group(folder_id=folder_id, name=name)
+    except Exception as exc:
+        _warn_unless_absent(name, exc)
+        return None
+    infos = group.version_infos or []
+    return infos[0].current_version if infos and infos[0].current_version else None
+
+
+def _warn_unless_absent(name: str, exc: Exception) -> None:
+    if "not found" not in str(exc).lower():
+        pulumi.log.warn(f"cannot read the current Kubernetes version of {name} ({type(exc).__name__}); planning "
+                        "the configured one: if Yandex has upgraded it, this plan downgrades and the update fails")
 
 
 def check_master(master: str, zones: Sequence[str]) -> None:
@@ -125,12 +195,21 @@ def check_scale(group: str, minimum: int, maximum: int, initial: int, may_scale_
                               f"max {maximum}")
 
 
-def check_range(what: str, cidr: str) -> ipaddress.IPv4Network:
+#: The widest service range kube-apiserver accepts (--service-cluster-ip-range: at most 20 host bits).
+SERVICE_RANGE_MAX_PREFIX = 12
+
+
+def check_range(what: str, cidr: str, widest: int = 8) -> ipaddress.IPv4Network:
     network = check_cidr(cidr, what)
-    if not network.is_private or not 8 <= network.prefixlen <= 20:
-        raise ValidationError(f"{what} {cidr} is invalid: use a private range between /8 and /20 that overlaps no "
-                              "subnet, e.g. 10.112.0.0/16")
+    if not network.is_private or not widest <= network.prefixlen <= 20:
+        raise ValidationError(f"{what} {cidr} is invalid: use a private range between /{widest} and /20 that "
+                              "overlaps no subnet, e.g. 10.112.0.0/16")
     return network
+
+
+def check_service_range(cidr: str) -> ipaddress.IPv4Network:
+    """The service CIDR: kube-apiserver refuses one wider than /12."""
+    return check_range("service CIDR", cidr, widest=SERVICE_RANGE_MAX_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -198,7 +277,7 @@ class ManagedKubernetesArgs:
     master_security_group_ids: Sequence[pulumi.Input[str]]
     node_security_group_ids: Sequence[pulumi.Input[str]]
     node_groups: Sequence[NodeGroupSpec]
-    version: str = "1.31"
+    version: str = DEFAULT_VERSION
     master: str = "zonal"
     master_zone: str = "ru-central1-a"
     #: A public master endpoint (reachable only through the master's security groups).
@@ -207,9 +286,11 @@ class ManagedKubernetesArgs:
     cluster_ipv4_range: str = "10.112.0.0/16"
     service_ipv4_range: str = "10.96.0.0/16"
     kms_deletion_protection: bool = True
+    #: Yandex upgrades the master and the nodes in their maintenance windows.
+    auto_upgrade: bool = True
 
     def __post_init__(self) -> None:
-        check_version(self.version)
+        check_version(self.version, self.release_channel)
         zones = sorted(self.subnet_ids)
         check_master(self.master, zones)
         if self.master == "zonal" and self.master_zone not in self.subnet_ids:
@@ -219,7 +300,7 @@ class ManagedKubernetesArgs:
             raise ValidationError(f"release channel {self.release_channel!r} is invalid: allowed "
                                   f"{', '.join(RELEASE_CHANNELS)}")
         pods = check_range("cluster (pod) CIDR", self.cluster_ipv4_range)
-        services = check_range("service CIDR", self.service_ipv4_range)
+        services = check_service_range(self.service_ipv4_range)
         if pods.overlaps(services):
             raise ValidationError(f"the pod range {pods} and the service range {services} overlap: give each its own")
         if not self.master_security_group_ids:
@@ -237,20 +318,23 @@ class ManagedKubernetesArgs:
                                   "(ingress, ArgoCD, ECK, the GPU Operator)")
 
 
-def kubeconfig(cluster_id: str | None, endpoint: str | None, ca_certificate: str | None) -> str:
-    """A kubeconfig for the cluster that authenticates through ``yc`` (no credential inside)."""
+def kubeconfig(cluster_id: str | None, endpoint: str | None, ca_certificate: str | None,
+               token: str | None = None) -> str:
+    """A kubeconfig for the cluster: bearer ``token`` (an IAM token) when given, else authenticating
+    through ``yc k8s create-token`` at use (no credential inside)."""
     name = f"yc-{cluster_id}"
+    user: dict[str, object] = {"token": token} if token is not None else {"exec": {
+        "apiVersion": "client.authentication.k8s.io/v1beta1",
+        "command": "yc",
+        "args": ["k8s", "create-token", "--profile=default"],
+        "interactiveMode": "Never",
+    }}
     document = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": name, "cluster": {"server": endpoint or "",
                                                 "certificate-authority-data": _b64(ca_certificate or "")}}],
-        "users": [{"name": name, "user": {"exec": {
-            "apiVersion": "client.authentication.k8s.io/v1beta1",
-            "command": "yc",
-            "args": ["k8s", "create-token", "--profile=default"],
-            "interactiveMode": "Never",
-        }}}],
+        "users": [{"name": name, "user": user}],
         "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
         "current-context": name,
     }
@@ -304,11 +388,14 @@ class ManagedKubernetes(StageComponent):
             placement = {"zonal": yandex.KubernetesClusterMasterZonalArgs(
                 zone=args.master_zone, subnet_id=args.subnet_ids[args.master_zone])}
 
+        cluster_name = self.child_name("cluster")
+        master_version = self._planned_version("the master", args.version, args,
+                                               lambda: _current_master_version(args.folder_id, cluster_name))
         self.cluster = yandex.KubernetesCluster(
             self.child_name("cluster"),
             yandex.KubernetesClusterArgs(
                 folder_id=args.folder_id,
-                name=self.child_name("cluster"),
+                name=cluster_name,
                 description="The prod stage's cluster: TF Serving on GPU nodes, the service, ELK, ArgoCD",
                 network_id=args.network_id,
                 service_account_id=self.cluster_identity.service_account_id,
@@ -319,11 +406,11 @@ class ManagedKubernetes(StageComponent):
                 service_ipv4_range=args.service_ipv4_range,
                 kms_provider=yandex.KubernetesClusterKmsProviderArgs(key_id=self.kms_key.id),
                 master=yandex.KubernetesClusterMasterArgs(
-                    version=args.version,
+                    version=master_version,
                     public_ip=args.public_api,
                     security_group_ids=list(args.master_security_group_ids),
                     maintenance_policy=yandex.KubernetesClusterMasterMaintenancePolicyArgs(
-                        auto_upgrade=True,
+                        auto_upgrade=args.auto_upgrade,
                         maintenance_windows=[yandex.KubernetesClusterMasterMaintenancePolicyMaintenanceWindowArgs(
                             day="sunday", start_time="03:00", duration="3h")]),
                     **placement,  # type: ignore[arg-type]
@@ -340,13 +427,17 @@ class ManagedKubernetes(StageComponent):
         self.cluster_id: pulumi.Output[str] = self.cluster.id
         endpoint = (self.cluster.master.external_v4_endpoint if args.public_api
                     else self.cluster.master.internal_v4_endpoint)
-        #: The kubeconfig (a Pulumi secret): ``yc`` issues the token at use.
+        ca = self.cluster.master.cluster_ca_certificate
+        #: The kubeconfig for people (a Pulumi secret): ``yc`` issues the token at use.
         self.kubeconfig: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.all(
-            self.cluster.id, endpoint, self.cluster.master.cluster_ca_certificate,
-        ).apply(lambda v: kubeconfig(v[0], v[1], v[2])))
+            self.cluster.id, endpoint, ca).apply(lambda v: kubeconfig(v[0], v[1], v[2])))
+        #: The provider's: the IAM token of the credentials this deployment runs with.
+        iam_token = yandex.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self)).iam_token
+        self.provider_kubeconfig: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.all(
+            self.cluster.id, endpoint, ca, iam_token).apply(lambda v: kubeconfig(v[0], v[1], v[2], token=v[3] or "")))
         self.provider = k8s.Provider(
             self.child_name("provider"),
-            k8s.ProviderArgs(kubeconfig=self.kubeconfig, enable_server_side_apply=True,
+            k8s.ProviderArgs(kubeconfig=self.provider_kubeconfig, enable_server_side_apply=True,
                              delete_unreachable=False),
             opts=self.child(depends_on=list(self.node_groups.values())),
         )
@@ -354,7 +445,22 @@ class ManagedKubernetes(StageComponent):
         self.register_outputs({"cluster_id": self.cluster_id, "kubeconfig": self.kubeconfig,
                                "node_groups": {n: g.id for n, g in self.node_groups.items()}})
 
+    def _planned_version(self, what: str, configured: str, args: ManagedKubernetesArgs,
+                         current: Callable[[], str | None]) -> str:
+        """``configured``, unless auto-upgrade has already taken ``what`` past it."""
+        if not args.auto_upgrade:
+            return configured
+        planned = effective_version(configured, current())
+        if planned != configured:
+            pulumi.log.warn(f"Yandex has upgraded {what} of {self.resource_name} to {planned} (auto-upgrade), past "
+                            f"the configured {configured}: planning {planned}, not a downgrade; set "
+                            f"aistack:kubernetes.version to {planned} in the stack file")
+        return planned
+
     def _node_group(self, spec: NodeGroupSpec, args: ManagedKubernetesArgs) -> yandex.KubernetesNodeGroup:
+        name = self.child_name(spec.name)
+        version = self._planned_version(f"node group {spec.name}", args.version, args,
+                                        lambda: _current_group_version(args.folder_id, name))
         resources = yandex.KubernetesNodeGroupInstanceTemplateResourcesArgs(
             cores=spec.cores, memory=spec.memory_gb,
             core_fraction=None if spec.gpus else spec.core_fraction,
@@ -365,10 +471,10 @@ class ManagedKubernetes(StageComponent):
             self.child_name(spec.name),
             yandex.KubernetesNodeGroupArgs(
                 cluster_id=self.cluster.id,
-                name=self.child_name(spec.name),
+                name=name,
                 description=f"{spec.name} nodes ({spec.platform_id}, "
                             f"{f'{spec.gpus} GPU, ' if spec.gpus else ''}{spec.cores} vCPU, {spec.memory_gb} GB)",
-                version=args.version,
+                version=version,
                 instance_template=yandex.KubernetesNodeGroupInstanceTemplateArgs(
                     platform_id=spec.platform_id,
                     resources=resources,
@@ -392,7 +498,7 @@ class ManagedKubernetes(StageComponent):
                     locations=[yandex.KubernetesNodeGroupAllocationPolicyLocationArgs(zone=spec.zone)]),
                 deploy_policy=yandex.KubernetesNodeGroupDeployPolicyArgs(max_expansion=1, max_unavailable=0),
                 maintenance_policy=yandex.KubernetesNodeGroupMaintenancePolicyArgs(
-                    auto_repair=True, auto_upgrade=True,
+                    auto_repair=True, auto_upgrade=args.auto_upgrade,
                     maintenance_windows=[yandex.KubernetesNodeGroupMaintenancePolicyMaintenanceWindowArgs(
                         day="sunday", start_time="04:00", duration="3h")]),
                 node_labels=dict(spec.node_labels),
@@ -404,6 +510,11 @@ class ManagedKubernetes(StageComponent):
 
 
 # --- security groups of the cluster -------------------------------------------------------------
+# As Yandex's "Configuring security groups" page for Managed Kubernetes lays them out: the rules of
+# its group for the cluster and the node groups together (health checks, traffic within the group,
+# the master reaching pods on the cluster CIDR, which Calico needs), of its node-group group
+# (the pod and service CIDRs, all egress) and of its cluster group (the API from the allowlist,
+# metrics-server on 4443, NTP), here split between the nodes' group and the master's.
 
 def node_rules(vpc_cidrs: Sequence[str], pod_cidr: str, service_cidr: str,
                ingress_cidrs: Sequence[str]) -> SecurityGroupSpec:
@@ -418,7 +529,7 @@ def node_rules(vpc_cidrs: Sequence[str], pod_cidr: str, service_cidr: str,
             SgRule("master, pods and services (VPC, pod and service CIDRs)", protocol="ANY", from_port=0,
                    to_port=65535, cidrs=internal),
             SgRule("network load balancer health checks", protocol="TCP", from_port=0, to_port=65535,
-                   cidrs=LB_HEALTHCHECK_CIDRS),
+                   predefined=LB_HEALTHCHECKS),
             SgRule("ICMP within the VPC", protocol="ICMP", cidrs=tuple(vpc_cidrs)),
             SgRule("NodePorts of the ingress load balancer", from_port=low, to_port=high,
                    cidrs=tuple(dict.fromkeys(ingress_cidrs))),
@@ -428,17 +539,30 @@ def node_rules(vpc_cidrs: Sequence[str], pod_cidr: str, service_cidr: str,
     )
 
 
-def master_rules(api_allowlist: Sequence[str], vpc_cidrs: Sequence[str]) -> SecurityGroupSpec:
-    """The master: the API (443, 6443) from the allowlist and the nodes; egress to the nodes and the VPC."""
+def master_rules(api_allowlist: Sequence[str], vpc_cidrs: Sequence[str], pod_cidr: str) -> SecurityGroupSpec:
+    """The master: the API (443, 6443) from the allowlist and the nodes, load balancer health checks
+    (a regional master sits behind one) and its own hosts; egress to the nodes, to pods (admission
+    webhooks such as ingress-nginx's and metrics-server answer on pod IPs of the cluster CIDR), NTP,
+    and the VPC."""
     check_allowlist(api_allowlist)
     allow = tuple(dict.fromkeys(api_allowlist))
     ingress = [SgRule(f"Kubernetes API ({port}) from the allowlist", port=port, cidrs=allow) for port in API_PORTS]
     ingress += [SgRule(f"Kubernetes API ({port}) from the nodes", port=port, group="k8s-nodes") for port in API_PORTS]
+    ingress += [
+        SgRule("network load balancer health checks (regional master)", protocol="TCP", from_port=0,
+               to_port=65535, predefined=LB_HEALTHCHECKS),
+        SgRule("master to master", protocol="ANY", from_port=0, to_port=65535, predefined=SELF),
+    ]
     return SecurityGroupSpec(
         "Managed Kubernetes master API",
         ingress=tuple(ingress),
         egress=(SgRule("kubelets and webhooks on the nodes", protocol="ANY", from_port=0, to_port=65535,
                        group="k8s-nodes"),
+                SgRule("pods: admission webhooks, aggregated APIs (cluster CIDR)", protocol="ANY", from_port=0,
+                       to_port=65535, cidrs=(pod_cidr,)),
+                SgRule("metrics-server (cluster CIDR)", port=METRICS_SERVER_PORT, cidrs=(pod_cidr,)),
+                SgRule("NTP", protocol="UDP", port=NTP_PORT, cidrs=(ANYWHERE,)),
+                SgRule("master to master", protocol="ANY", from_port=0, to_port=65535, predefined=SELF),
                 SgRule("the VPC (master to master, metadata)", protocol="ANY", from_port=0, to_port=65535,
                        cidrs=tuple(vpc_cidrs))),
     )

@@ -60,9 +60,16 @@ def check_subnet_cidr(cidr: str) -> ipaddress.IPv4Network:
     return network
 
 
+#: Targets Yandex's security groups define themselves (``predefined_target``).
+SELF = "self_security_group"
+LB_HEALTHCHECKS = "loadbalancer_healthchecks"
+PREDEFINED_TARGETS = (SELF, LB_HEALTHCHECKS)
+
+
 @dataclass(frozen=True)
 class SgRule:
-    """One security group rule: a protocol, a port or port range, and CIDRs or another group."""
+    """One security group rule: a protocol, a port or port range, and CIDRs, another group of the
+    same network or a predefined target (:data:`PREDEFINED_TARGETS`)."""
 
     description: str
     protocol: str = "TCP"
@@ -72,6 +79,9 @@ class SgRule:
     cidrs: tuple[str, ...] = ()
     #: Name of a security group of the same network (traffic from/to its members).
     group: str | None = None
+    #: ``loadbalancer_healthchecks`` (Yandex's load-balancer health checkers) or
+    #: ``self_security_group`` (the members of the rule's own group).
+    predefined: str | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -87,8 +97,12 @@ class SgRule:
         if self.from_port is not None and self.to_port is not None and self.from_port > self.to_port:
             raise ValidationError(f"rule {self.description!r}: from_port {self.from_port} is above "
                                   f"to_port {self.to_port}")
-        if bool(self.cidrs) == (self.group is not None):
-            raise ValidationError(f"rule {self.description!r}: give CIDRs or a security group name, exactly one")
+        if sum((bool(self.cidrs), self.group is not None, self.predefined is not None)) != 1:
+            raise ValidationError(f"rule {self.description!r}: give CIDRs, a security group name or a predefined "
+                                  "target, exactly one")
+        if self.predefined is not None and self.predefined not in PREDEFINED_TARGETS:
+            raise ValidationError(f"rule {self.description!r}: predefined target {self.predefined!r} is invalid: "
+                                  f"allowed {', '.join(PREDEFINED_TARGETS)}")
         for cidr in self.cidrs:
             check_cidr(cidr, f"rule {self.description!r}: CIDR")
 
@@ -223,8 +237,10 @@ class StageNetwork(StageComponent):
 
     def _target(self, own: str, rule: SgRule) -> dict[str, object]:
         ports: dict[str, object] = {"port": rule.port, "from_port": rule.from_port, "to_port": rule.to_port}
+        if rule.predefined is not None:
+            return {**ports, "predefined_target": rule.predefined}
         if rule.group == own:
-            return {**ports, "predefined_target": "self_security_group"}
+            return {**ports, "predefined_target": SELF}
         if rule.group is not None:
             return {**ports, "security_group_id": self.security_group_ids[rule.group]}
         return {**ports, "v4_cidr_blocks": list(rule.cidrs)}

@@ -33,8 +33,10 @@ class ImageRegistry(StageComponent):
                                          labels=self.labels),
             opts=self.child(),
         )
+        #: The pull permission (an authoritative binding): a workload must not start before it exists.
+        self.pull_grants: list[pulumi.Resource] = []
         if args.pullers:
-            yandex.ContainerRegistryIamBinding(
+            self.pull_grants.append(yandex.ContainerRegistryIamBinding(
                 self.child_name("pullers"),
                 yandex.ContainerRegistryIamBindingArgs(
                     registry_id=self.registry.id,
@@ -43,7 +45,7 @@ class ImageRegistry(StageComponent):
                              for p in args.pullers],
                 ),
                 opts=self.child(),
-            )
+            ))
         self.registry_id: pulumi.Output[str] = self.registry.id
         #: ``cr.yandex/<registry-id>/<repository>``: where CI pushes the service image.
         self.repository_url: pulumi.Output[str] = pulumi.Output.concat(

@@ -49,14 +49,16 @@ class SecretStore(StageComponent):
             ),
             opts=self.child(),
         )
+        #: The readers' payloadViewer bindings (a workload reading the secret waits for them).
+        self.grants: list[pulumi.Resource] = []
         for index, reader in enumerate(args.readers):
-            yandex.LockboxSecretIamMember(
+            self.grants.append(yandex.LockboxSecretIamMember(
                 self.child_name(f"reader-{index}"),
                 yandex.LockboxSecretIamMemberArgs(
                     secret_id=self.secret.id, role="lockbox.payloadViewer",
                     member=pulumi.Output.from_input(reader).apply(lambda i: f"serviceAccount:{i}")),
                 opts=self.child(),
-            )
+            ))
         self.secret_id: pulumi.Output[str] = self.secret.id
         self.version_id: pulumi.Output[str] = self.version.id
         self.register_outputs({"secret_id": self.secret_id, "version_id": self.version_id})

@@ -83,6 +83,10 @@ class ServerlessServiceArgs:
     log_min_level: str = "INFO"
     environment: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     secrets: Sequence[SecretEnv] = field(default_factory=list)
+    #: The grants a revision needs before it is deployed: the account's image pull, its secrets'
+    #: payloadViewer and its logging.writer. The provider turns a revision that fails for want of
+    #: them into a warning only, and the stack would then record a container without a revision.
+    grants: Sequence[pulumi.Resource] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_memory(self.memory_mb)
@@ -149,7 +153,7 @@ class ServerlessService(StageComponent):
                     log_group_id=self.log_group.id, min_level=args.log_min_level),
                 labels=self.labels,
             ),
-            opts=self.child(),
+            opts=self.child(depends_on=list(args.grants)),
         )
 
         if args.public:

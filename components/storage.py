@@ -61,10 +61,14 @@ def verify_model_file(path: Path, sha256: str, strict: bool) -> None:
     actual = _file_sha256(path)
     if actual != sha256:
         message = (f"model file {path} has sha256 {actual} but the stack pins release.modelSha256 {sha256}: "
-                   "pin the file you mean to ship (stagectl model build prints its sha256)")
+                   "pin the file you mean to ship (its card.json gives its sha256)")
         if strict:
             raise ValidationError(message)
         pulumi.log.warn(message)
+
+
+#: The bucket's properties the provider replaces it for (a new, empty bucket), v0.136.0 ForceNew.
+FORCE_NEW = ("bucket", "bucketPrefix", "folderId")
 
 
 @dataclass(frozen=True)

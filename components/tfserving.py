@@ -1,13 +1,18 @@
 """TensorFlow Serving on the GPU node group: Deployment, Service, HPA, NetworkPolicy and its S3 key.
 
 The official image (``tensorflow/serving:<version>-gpu``, pinned) runs ``tensorflow_model_server``
-with the model's SavedModel read straight from Object Storage: ``--model_base_path`` is
-``s3://<bucket>/models/<name>/<sha256>/tf`` (version directories ``1/``, ``2/``, ... below it, as
-TF Serving expects; the model publisher uploads there), with ``S3_ENDPOINT``/``S3_USE_HTTPS``/
-``AWS_REGION`` pointing TF Serving's S3 client at Yandex Object Storage and the credentials taken
-from a Kubernetes Secret. That Secret holds a static access key of TF Serving's own service
-account (read-only on the bucket); the key's secret part is a Pulumi secret and exists only in the
-encrypted state and in the cluster (whose secrets the cluster's KMS key encrypts).
+on a local copy of the model's SavedModel: TF Serving has had no S3 filesystem since 2.7
+(tensorflow/serving#1963; an ``s3://`` base path only logs ``File system scheme 's3' not
+implemented`` and the model never loads). An init container, the service image (pinned by digest)
+running ``python -m service.model_sync``, copies ``s3://<bucket>/models/<name>/<sha256>/tf``
+(version directories ``1/``, ``2/``, ... below it, as TF Serving expects; the model publisher
+uploads there) from Yandex Object Storage into an ``emptyDir`` before the server starts, and
+``--model_base_path`` is that directory, ``/models/<name>``, mounted read-only into the server. A
+release is a new sha256, so a new prefix, so a new pod that copies it: the copy never changes
+under a running server. The init container's credentials come from a Kubernetes Secret holding a
+static access key of TF Serving's own service account (read-only on the bucket); the key's secret
+part is a Pulumi secret and exists only in the encrypted state and in the cluster (whose secrets
+the cluster's KMS key encrypts). The server itself holds no credential.
 
 Each replica requests one GPU, tolerates the GPU taint and is pinned to the GPU nodes; readiness,
 liveness and startup probes ask the model status endpoint ``/v1/models/<name>`` on the REST port
@@ -32,6 +37,9 @@ from components.kubernetes import POOL_LABEL
 from components.yc import yandex
 
 NAME = "tf-serving"
+#: Where the init container puts the SavedModel versions and TF Serving reads them.
+MODELS_DIR = "/models"
+MODEL_VOLUME = "model"
 REST_PORT = 8501
 GRPC_PORT = 8500
 #: Pod label value (``app.kubernetes.io/name``) of the service's backend pods (deploy/base).
@@ -44,6 +52,16 @@ _QUANTITY_CPU = re.compile(r"^\d+(\.\d+)?$|^\d+m$")
 def status_path(model: str) -> str:
     """TF Serving's model status endpoint (REST API)."""
     return f"/v1/models/{model}"
+
+
+def local_base_path(model: str) -> str:
+    """TF Serving's ``--model_base_path``: the init container's copy."""
+    return f"{MODELS_DIR}/{model}"
+
+
+def sync_command(model_source: str, model: str) -> list[str]:
+    """The init container's command (the service image's Python)."""
+    return ["python", "-m", "service.model_sync", model_source, local_base_path(model)]
 
 
 def service_url(namespace: str) -> str:
@@ -75,8 +93,11 @@ def _cpu_cores(quantity: str) -> float:
 class TfServingArgs:
     namespace: str
     model_name: str
-    #: ``s3://<bucket>/<prefix>``: the directory holding the version directories.
-    model_base_path: pulumi.Input[str]
+    #: ``s3://<bucket>/<prefix>``: the directory holding the version directories in Object Storage.
+    model_source: pulumi.Input[str]
+    #: The service image by digest (``cr.yandex/<registry>/inference@sha256:...``): its
+    #: ``service.model_sync`` copies the model in the init container.
+    sync_image: pulumi.Input[str]
     #: The service account whose static key reads the model (it needs READ on the bucket).
     service_account_id: pulumi.Input[str]
     image: str = "tensorflow/serving:2.18.0-gpu"
@@ -92,6 +113,8 @@ class TfServingArgs:
     node_memory_gb: int = 32
     #: Pod labels of the clients allowed in (the backend).
     client_labels: Mapping[str, str] | None = None
+    #: Size limit of the model's local copy (every version below the prefix).
+    model_volume_gi: int = 4
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
@@ -160,37 +183,46 @@ class TfServing(K8sComponent):
                 period_seconds=period_s, timeout_seconds=5, failure_threshold=failure_threshold)
 
         gpu = {"nvidia.com/gpu": "1"}
-        container = k8s.core.v1.ContainerArgs(
-            name=NAME,
-            image=args.image,
-            command=["/usr/bin/tensorflow_model_server"],
-            args=pulumi.Output.from_input(args.model_base_path).apply(lambda path: [
-                f"--model_name={args.model_name}",
-                f"--model_base_path={path}",
-                f"--port={GRPC_PORT}",
-                f"--rest_api_port={REST_PORT}",
-                "--file_system_poll_wait_seconds=60",
-            ]),
-            ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=REST_PORT),
-                   k8s.core.v1.ContainerPortArgs(name="grpc", container_port=GRPC_PORT)],
+        locked_down = k8s.core.v1.SecurityContextArgs(
+            allow_privilege_escalation=False, read_only_root_filesystem=True,
+            capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]))
+        fetch = k8s.core.v1.ContainerArgs(
+            name="fetch-model",
+            image=args.sync_image,
+            command=pulumi.Output.from_input(args.model_source).apply(
+                lambda source: sync_command(source, args.model_name)),
             env=[
-                k8s.core.v1.EnvVarArgs(name="S3_ENDPOINT", value=S3_ENDPOINT_HOST),
-                k8s.core.v1.EnvVarArgs(name="S3_USE_HTTPS", value="1"),
-                k8s.core.v1.EnvVarArgs(name="S3_VERIFY_SSL", value="1"),
+                k8s.core.v1.EnvVarArgs(name="S3_ENDPOINT_URL", value=f"https://{S3_ENDPOINT_HOST}"),
                 k8s.core.v1.EnvVarArgs(name="AWS_REGION", value=S3_REGION),
                 secret_env("AWS_ACCESS_KEY_ID"),
                 secret_env("AWS_SECRET_ACCESS_KEY"),
             ],
+            resources=k8s.core.v1.ResourceRequirementsArgs(
+                requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "512Mi"}),
+            security_context=locked_down,
+            volume_mounts=[k8s.core.v1.VolumeMountArgs(name=MODEL_VOLUME, mount_path=MODELS_DIR)],
+        )
+        container = k8s.core.v1.ContainerArgs(
+            name=NAME,
+            image=args.image,
+            command=["/usr/bin/tensorflow_model_server"],
+            args=[
+                f"--model_name={args.model_name}",
+                f"--model_base_path={local_base_path(args.model_name)}",
+                f"--port={GRPC_PORT}",
+                f"--rest_api_port={REST_PORT}",
+            ],
+            ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=REST_PORT),
+                   k8s.core.v1.ContainerPortArgs(name="grpc", container_port=GRPC_PORT)],
             resources=k8s.core.v1.ResourceRequirementsArgs(
                 requests={"cpu": args.cpu, "memory": f"{args.memory_gi}Gi", **gpu},
                 limits={"memory": f"{args.memory_gi}Gi", **gpu}),
             startup_probe=probe(failure_threshold=60, period_s=10),
             readiness_probe=probe(failure_threshold=3, period_s=10),
             liveness_probe=probe(failure_threshold=5, period_s=20),
-            security_context=k8s.core.v1.SecurityContextArgs(
-                allow_privilege_escalation=False, read_only_root_filesystem=True,
-                capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"])),
-            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")],
+            security_context=locked_down,
+            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+                           k8s.core.v1.VolumeMountArgs(name=MODEL_VOLUME, mount_path=MODELS_DIR, read_only=True)],
         )
         self.deployment = k8s.apps.v1.Deployment(
             self.child_name("deployment"),
@@ -215,9 +247,16 @@ class TfServing(K8sComponent):
                             security_context=k8s.core.v1.PodSecurityContextArgs(
                                 run_as_non_root=True, run_as_user=1000, run_as_group=1000, fs_group=1000,
                                 seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault")),
+                            init_containers=[fetch],
                             containers=[container],
-                            volumes=[k8s.core.v1.VolumeArgs(
-                                name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="1Gi"))],
+                            volumes=[
+                                k8s.core.v1.VolumeArgs(
+                                    name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="1Gi")),
+                                k8s.core.v1.VolumeArgs(
+                                    name=MODEL_VOLUME,
+                                    empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
+                                        size_limit=f"{args.model_volume_gi}Gi")),
+                            ],
                             termination_grace_period_seconds=30,
                         ),
                     ),
@@ -278,4 +317,6 @@ class TfServing(K8sComponent):
             opts=self.kchild(),
         )
         self.url = service_url(ns)
-        self.register_outputs({"url": self.url, "model_base_path": args.model_base_path})
+        self.model_base_path = local_base_path(args.model_name)
+        self.register_outputs({"url": self.url, "model_source": args.model_source,
+                               "model_base_path": self.model_base_path})

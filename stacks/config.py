@@ -244,7 +244,7 @@ class HostServiceSettings(Settings):
 
 
 class PostgresSettings(Settings):
-    version: Literal["14", "15", "16", "17"] = "16"
+    version: postgres.PostgresVersion = "16"
     resource_preset: Annotated[str, _check(postgres.check_preset)] = "s2.micro"
     disk_type: Literal["network-ssd", "network-hdd", "network-ssd-nonreplicated", "local-ssd"] = "network-ssd"
     disk_size_gb: int = 20
@@ -398,10 +398,13 @@ class GpuNodeSettings(Settings):
 
 
 class KubernetesSettings(Settings):
-    version: Literal["1.29", "1.30", "1.31", "1.32"] = "1.31"
+    #: The minor version; with autoUpgrade it is a floor (what Yandex upgraded to is never downgraded).
+    version: kubernetes.KubernetesVersion = kubernetes.DEFAULT_VERSION  # type: ignore[assignment]
     #: ``zonal`` (in yandex:zone) or ``regional`` (three zones; needs three subnets).
     master: Literal["zonal", "regional"] = "zonal"
-    release_channel: Literal["RAPID", "REGULAR", "STABLE"] = "STABLE"
+    release_channel: kubernetes.ReleaseChannel = "STABLE"
+    #: Yandex upgrades the master and nodes in their maintenance windows (Sundays 03:00 / 04:00).
+    auto_upgrade: bool = True
     public_api: bool = True
     cluster_ipv4_range: str = "10.112.0.0/16"
     service_ipv4_range: str = "10.96.0.0/16"
@@ -411,8 +414,9 @@ class KubernetesSettings(Settings):
 
     @model_validator(mode="after")
     def _ranges(self) -> KubernetesSettings:
+        kubernetes.check_version(self.version, self.release_channel)
         pods = kubernetes.check_range("cluster (pod) CIDR", self.cluster_ipv4_range)
-        services = kubernetes.check_range("service CIDR", self.service_ipv4_range)
+        services = kubernetes.check_service_range(self.service_ipv4_range)
         if pods.overlaps(services):
             raise LimitError(f"clusterIpv4Range {pods} and serviceIpv4Range {services} overlap: give each its own")
         return self
@@ -466,12 +470,14 @@ class TfServingSettings(Settings):
 
 
 class ClickhouseSettings(Settings):
-    version: Annotated[str, _check(clickhouse.check_version)] = "24.8"
+    version: clickhouse.ClickhouseVersion = "24.8"
     resource_preset: Annotated[str, _check(clickhouse.check_preset)] = "s3-c2-m8"
     disk_type: Literal["network-ssd", "network-hdd", "network-ssd-nonreplicated", "local-ssd"] = "network-ssd"
     disk_size_gb: int = 32
     shards: int = Field(1, ge=clickhouse.SHARDS_RANGE[0], le=clickhouse.SHARDS_RANGE[1])
     replicas: int = Field(1, ge=clickhouse.REPLICAS_RANGE[0], le=clickhouse.REPLICAS_RANGE[1])
+    #: ``none`` or ``embedded-keeper`` (3+ hosts): chosen once, when the cluster is created.
+    coordination: clickhouse.Coordination = "none"
     database: str = "predictions"
     user: str = "inference"
     deletion_protection: bool = True
@@ -479,6 +485,7 @@ class ClickhouseSettings(Settings):
 
     @model_validator(mode="after")
     def _disk(self) -> ClickhouseSettings:
+        clickhouse.check_topology(self.shards, self.replicas, self.coordination)
         clickhouse.check_disk(self.resource_preset, self.disk_type, self.disk_size_gb, self.replicas)
         clickhouse.check_identifier("database name", self.database)
         clickhouse.check_identifier("user name", self.user)

@@ -65,6 +65,7 @@ def program(cfg: MvpConfig, root: Path) -> None:
         SecretEnv(env, workload.secret_id, workload.secret_version_id, env)
         for env in (ACCESS_KEY_ENTRY, SECRET_KEY_ENTRY)
     ]
+    grants = [*workload.grants, *registry.pull_grants]
     if sv.require_api_key:
         api_key = pulumi.Config(PROJECT).get_secret("apiKey")
         if api_key is None:
@@ -79,6 +80,7 @@ def program(cfg: MvpConfig, root: Path) -> None:
             labels,
         )
         secrets.append(SecretEnv("API_KEY", api_keys.secret_id, api_keys.version_id, "API_KEY"))
+        grants += api_keys.grants
     service = ServerlessService(
         f"{prefix}-inference",
         ServerlessServiceArgs(
@@ -97,6 +99,7 @@ def program(cfg: MvpConfig, root: Path) -> None:
             log_min_level=sv.log_level,
             environment=environment,
             secrets=secrets,
+            grants=grants,
         ),
         labels,
     )

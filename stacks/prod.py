@@ -13,8 +13,9 @@ with Elasticsearch, Kibana and Filebeat, and ArgoCD with the Application that sy
 ``deploy/overlays/prod`` (the service itself: Deployment, Service, Ingress, HPA, PDB,
 NetworkPolicy).
 
-TF Serving reads the SavedModel under ``models/<name>/<sha256>/tf/`` of the stage bucket (version
-directories below it); the model publisher uploads it there.
+TF Serving serves a local copy of the SavedModel under ``models/<name>/<sha256>/tf/`` of the stage
+bucket (version directories below it; the model publisher uploads it there), which an init
+container (the service image) copies before the server starts: TF Serving has no S3 filesystem.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def program(cfg: ProdConfig, root: Path) -> None:
             security_groups={
                 "k8s-nodes": kubernetes.node_rules(vpc_cidrs, k.cluster_ipv4_range, k.service_ipv4_range,
                                                    net_cfg.ingress_cidrs),
-                "k8s-master": kubernetes.master_rules(net_cfg.api_allowlist, vpc_cidrs),
+                "k8s-master": kubernetes.master_rules(net_cfg.api_allowlist, vpc_cidrs, k.cluster_ipv4_range),
                 "clickhouse": clickhouse.clickhouse_rules("k8s-nodes"),
             },
         ),
@@ -117,6 +118,7 @@ def program(cfg: ProdConfig, root: Path) -> None:
             cluster_ipv4_range=k.cluster_ipv4_range,
             service_ipv4_range=k.service_ipv4_range,
             kms_deletion_protection=k.kms_deletion_protection,
+            auto_upgrade=k.auto_upgrade,
         ),
         labels,
     )
@@ -131,7 +133,8 @@ def program(cfg: ProdConfig, root: Path) -> None:
             folder_id=cfg.folder_id, network_id=net.network_id, subnet_ids=net.subnet_ids,
             security_group_ids=[net.security_group_ids["clickhouse"]], version=ch_cfg.version,
             resource_preset=ch_cfg.resource_preset, disk_type=ch_cfg.disk_type, disk_size_gb=ch_cfg.disk_size_gb,
-            shards=ch_cfg.shards, replicas=ch_cfg.replicas, database=ch_cfg.database, user=ch_cfg.user,
+            shards=ch_cfg.shards, replicas=ch_cfg.replicas, coordination=ch_cfg.coordination,
+            database=ch_cfg.database, user=ch_cfg.user,
             deletion_protection=ch_cfg.deletion_protection, backup_retain_days=ch_cfg.backup_retain_days,
         ),
         labels,
@@ -161,10 +164,11 @@ def program(cfg: ProdConfig, root: Path) -> None:
         labels, provider,
     )
     tf = cfg.tf_serving
-    model_base_path = pulumi.Output.concat("s3://", store.bucket_name, "/", tf_model_prefix(cfg))
+    model_source = pulumi.Output.concat("s3://", store.bucket_name, "/", tf_model_prefix(cfg))
     tf_serving = TfServing(
         f"{prefix}-tf-serving",
-        TfServingArgs(namespace=gitops.namespace, model_name=cfg.model.name, model_base_path=model_base_path,
+        TfServingArgs(namespace=gitops.namespace, model_name=cfg.model.name, model_source=model_source,
+                      sync_image=pulumi.Output.concat(registry.repository_url, "@", cfg.release.image_digest),
                       service_account_id=model_reader.service_account_id, image=tf.image,
                       min_replicas=tf.min_replicas, max_replicas=tf.max_replicas,
                       target_cpu_percent=tf.target_cpu_percent, cpu=tf.cpu, memory_gi=tf.memory_gi,
@@ -197,7 +201,8 @@ def program(cfg: ProdConfig, root: Path) -> None:
     pulumi.export("argocd_url", argocd.url)
     pulumi.export("kibana_url", elk.kibana_url)
     pulumi.export("tf_serving_url", tf_serving.url)
-    pulumi.export("tf_model_base_path", model_base_path)
+    pulumi.export("tf_model_source", model_source)
+    pulumi.export("tf_model_base_path", tf_serving.model_base_path)
     pulumi.export("clickhouse_host", ch.host)
     pulumi.export("clickhouse_port", ch.port)
     pulumi.export("clickhouse_database", ch.database_name)

@@ -70,7 +70,7 @@ def _diff(args: argparse.Namespace) -> int:
         print(diff.render_markdown(diffs, args.base))
     else:
         print(diff.render_text(diffs, args.base))
-    return 3 if any(d.failed_guardrails for d in diffs) else 0
+    return 3 if any(d.refused for d in diffs) else 0
 
 
 def _preview_comment(args: argparse.Namespace) -> int:
@@ -92,7 +92,7 @@ def _preview_comment(args: argparse.Namespace) -> int:
             return 2
         diffs.append(diff.preview_to_diff(stack, document))
     print(diff.render_markdown(diffs, args.base or "the deployed state", preview=True))
-    return 3 if any(d.failed_guardrails for d in diffs) else 0
+    return 3 if any(d.refused for d in diffs) else 0
 
 
 def _demo(args: argparse.Namespace) -> int:

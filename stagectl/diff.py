@@ -54,6 +54,42 @@ class Change:
     after: Any
 
 
+def stateful_force_new() -> dict[str, tuple[str, ...]]:
+    """Stateful resource types and the inputs whose change makes the provider replace them, losing
+    what they hold (terraform-provider-yandex v0.136.0's ForceNew attributes, as the components list
+    them)."""
+    from components import clickhouse, kubernetes, postgres, storage
+    from components.yc import PACKAGE
+
+    return {
+        f"{PACKAGE}:index/mdbClickhouseCluster:MdbClickhouseCluster": clickhouse.FORCE_NEW,
+        f"{PACKAGE}:index/mdbPostgresqlCluster:MdbPostgresqlCluster": postgres.FORCE_NEW,
+        f"{PACKAGE}:index/storageBucket:StorageBucket": storage.FORCE_NEW,
+        f"{PACKAGE}:index/kubernetesCluster:KubernetesCluster": kubernetes.FORCE_NEW,
+    }
+
+
+def _forces_new(path: str, properties: Sequence[str]) -> bool:
+    return any(path == p or path.startswith((f"{p}.", f"{p}[")) for p in properties)
+
+
+def replacements(changed: Sequence[tuple[PlannedResource, list[Change]]]) -> list[tuple[PlannedResource, list[Change]]]:
+    """The changed stateful resources the provider would replace, with the changes that force it."""
+    table = stateful_force_new()
+    out = []
+    for resource, changes in changed:
+        forcing = [c for c in changes if _forces_new(c.path, table.get(resource.type, ()))]
+        if forcing:
+            out.append((resource, forcing))
+    return out
+
+
+def replacement_message(resource: PlannedResource, changes: Sequence[Change]) -> str:
+    what = ", ".join(f"{c.path} {_value(c.before)} -> {_value(c.after)}" for c in changes)
+    return (f"{resource.name} ({resource.type.rpartition(':')[2]}) would be replaced, and what it holds lost: {what} "
+            "forces a new resource. Revert the change, or create a new one beside it and move the data")
+
+
 @dataclass
 class StackDiff:
     stack: str
@@ -81,6 +117,15 @@ class StackDiff:
     @property
     def failed_guardrails(self) -> list[RuleResult]:
         return [g for g in self.guardrails if not g.passed]
+
+    @property
+    def replaced(self) -> list[tuple[PlannedResource, list[Change]]]:
+        """Stateful resources the change would replace (refused, like a failed guardrail)."""
+        return replacements(self.changed)
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.failed_guardrails or self.replaced)
 
 
 def _custom(resources: Any) -> int:
@@ -248,6 +293,8 @@ def to_json(diffs: Sequence[StackDiff]) -> dict[str, Any]:
         "monthly_delta": round(d.monthly_after - d.monthly_before, 2),
         "currency": _currency(d),
         "guardrails": guardrails_json(d.guardrails),
+        "replaced": [{"urn": r.urn, "type": r.type, "message": replacement_message(r, changes)}
+                     for r, changes in d.replaced],
     } for d in diffs]}
 
 
@@ -266,6 +313,7 @@ def render_text(diffs: Sequence[StackDiff], base_ref: str) -> str:
         failed = d.failed_guardrails
         lines.append(f"  guardrails: {len(d.guardrails) - len(failed)}/{len(d.guardrails)} passed")
         lines += [f"    FAIL {g.rule.name}: {f.message}" for g in failed for f in g.findings]
+        lines += [f"  REFUSED replace: {replacement_message(r, changes)}" for r, changes in d.replaced]
     return "\n".join(lines)
 
 
@@ -287,20 +335,25 @@ def render_markdown(diffs: Sequence[StackDiff], base_ref: str, preview: bool = F
     for d in diffs:
         c, failed, cur = d.counts, d.failed_guardrails, _currency(d)
         state = "n/a" if not d.guardrails else (f"{len(failed)} failed" if failed else "all passed")
+        if d.replaced:
+            state += f"; {len(d.replaced)} replace refused"
         out.append(f"| `{d.stack}` | {c['create']} | {c['update']} | {c['delete']} | "
                    f"{_money(d.monthly_before, cur)} | {_money(d.monthly_after, cur)} | {_delta(d)} | {state} |")
     for d in diffs:
         if not (d.added or d.removed or d.changed or d.failed_guardrails or d.note):
             continue
+        replaced = {r.urn for r, _ in d.replaced}
         out += ["", f"<details><summary><b>{d.stack}</b>"
                     + (f": {d.note}" if d.note else "") + "</summary>", ""]
         out += [f"- create `{r.type}` **{r.name}**" for r in d.added]
         out += [f"- delete `{r.type}` **{r.name}**" for r in d.removed]
         for resource, changes in d.changed:
-            out.append(f"- update `{resource.type}` **{resource.name}**")
+            verb = "**replace** (stateful: data lost)" if resource.urn in replaced else "update"
+            out.append(f"- {verb} `{resource.type}` **{resource.name}**")
             out += [f"  - `{ch.path}`: `{_value(ch.before)}` -> `{_value(ch.after)}`" for ch in changes]
         for g in d.failed_guardrails:
             out += [f"- guardrail failed: **{g.rule.name}**: {f.message}" for f in g.findings]
+        out += [f"- :warning: **refused**: {replacement_message(r, changes)}" for r, changes in d.replaced]
         out += ["", "</details>"]
     return "\n".join(out) + "\n"
 

@@ -12,7 +12,7 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,10 +108,15 @@ class PlannedResource:
     parent: str | None
     inputs: dict[str, Any]
     custom: bool
+    #: URNs this resource waits for: explicit ``depends_on`` and the resources its inputs reference
+    #: (a component stands for its children), as the engine orders creation.
+    dependencies: tuple[str, ...] = ()
+    #: ``protect``-ed: the engine refuses to delete or replace it.
+    protect: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"urn": self.urn, "type": self.type, "name": self.name, "parent": self.parent,
-                "inputs": self.inputs}
+                "dependencies": list(self.dependencies), "inputs": self.inputs}
 
 
 @dataclass
@@ -155,6 +160,11 @@ def redact(value: Any) -> Any:
     return value
 
 
+#: The data sources the programs read, and the result fields they use.
+_INVOKE_RESULTS: dict[str, tuple[str, ...]] = {
+    "yandex:index/getClientConfig:getClientConfig": ("cloudId", "folderId", "zone", "iamToken"),
+}
+
 #: Output-only values nested inside input blocks, unknown until the cloud creates the resource.
 _NESTED_COMPUTED: dict[str, tuple[tuple[str, str], ...]] = {
     "VpcAddress": (("externalIpv4Address", "address"),),
@@ -174,9 +184,18 @@ def _output_names(token: str) -> frozenset[str]:
     return frozenset(n for n in names if n)
 
 
+#: What the cloud would answer, by type token (``random:index/randomPassword:RandomPassword``) or
+#: data source token (``yandex:index/getKubernetesCluster:getKubernetesCluster``): property -> value.
+MockOutputs = Mapping[str, Mapping[str, Any]]
+
+
 class _Mocks(pulumi.runtime.Mocks):
     """Returns the inputs as state and every output-only property as unknown, as a preview sees
-    them; ids are readable placeholders so references between resources stay visible."""
+    them; ids are readable placeholders so references between resources stay visible. ``outputs``
+    stand in for what the cloud would compute (a generated password, a data source's answer)."""
+
+    def __init__(self, outputs: MockOutputs | None = None) -> None:
+        self.outputs = dict(outputs or {})
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         state = dict(args.inputs)
@@ -185,15 +204,20 @@ class _Mocks(pulumi.runtime.Mocks):
         for block, field_name in _NESTED_COMPUTED.get(args.typ.rpartition(":")[2], ()):
             if isinstance(state.get(block), dict):
                 state[block] = {**state[block], field_name: rpc.UNKNOWN}
+        state.update(self.outputs.get(args.typ, {}))
         return f"({args.name}.id)", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        return {}, None
+        """Data sources answer with readable placeholders (``(getClientConfig.iamToken)``), as ids do."""
+        function = args.token.rpartition(":")[2]
+        answer: dict[str, Any] = {name: f"({function}.{name})" for name in _INVOKE_RESULTS.get(args.token, ())}
+        answer.update(self.outputs.get(args.token, {}))
+        return answer, []
 
 
 class _RecordingMonitor(pulumi_mocks.MockMonitor):
-    def __init__(self, plan: Plan, root: Path) -> None:
-        super().__init__(_Mocks())
+    def __init__(self, plan: Plan, root: Path, outputs: MockOutputs | None = None) -> None:
+        super().__init__(_Mocks(outputs))
         self.plan = plan
         self.root = f"{root}/"
 
@@ -210,6 +234,8 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 parent=request.parent if request.parent and request.parent != self.plan.stack_urn else None,
                 inputs=_relative_paths(redact(_drop_none(inputs)), self.root),
                 custom=bool(request.custom),
+                dependencies=tuple(sorted(set(request.dependencies))),
+                protect=bool(request.protect),
             ))
         return response
 
@@ -300,16 +326,19 @@ def run_plan(stack: str, root: Path | None = None) -> Plan:
 
 
 def record(project: str, stack: str, config: dict[str, str], secret_keys: list[str],
-           program: Callable[[], object], root: Path, preview: bool = True) -> Plan:
+           program: Callable[[], object], root: Path, preview: bool = True,
+           outputs: MockOutputs | None = None) -> Plan:
     """Run ``program`` under the mock runtime with the given config; return what it registered.
 
-    ``preview=False`` runs it as ``pulumi up`` would (``pulumi.runtime.is_dry_run()`` is false).
+    ``preview=False`` runs it as ``pulumi up`` would (``pulumi.runtime.is_dry_run()`` is false);
+    ``outputs`` are what the cloud would answer, per type (:data:`MockOutputs`).
     """
     from components.base import ValidationError
     from stacks.config import ConfigError
 
     plan = Plan(stack=stack, project=project)
-    monitor = _RecordingMonitor(plan, root)
+    _ensure_event_loop()
+    monitor = _RecordingMonitor(plan, root, outputs)
     pulumi.runtime.set_mocks(monitor.mocks, project=project, stack=stack, preview=preview, monitor=monitor,
                              logger=_plan_logger(plan.warnings))
     pulumi.runtime.set_all_config(config, secret_keys)
@@ -334,6 +363,19 @@ def record(project: str, stack: str, config: dict[str, str], secret_keys: list[s
 
 def _discard(_: object) -> None:
     return None
+
+
+def _ensure_event_loop() -> None:
+    """The SDK runs the program on the thread's current event loop; ``asyncio.run`` (used by whatever ran
+    before in this process) leaves none behind."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or loop.is_closed():
+        asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from stacks import stages
-from stagectl.plan import Plan, PlannedResource, load_stack_config, record
+from stagectl.plan import MockOutputs, Plan, PlannedResource, load_stack_config, record
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,8 +38,9 @@ def run_component() -> Callable[..., Recorded]:
     """Run a function creating components under fresh mocks; returns what it registered."""
 
     def run(program: Callable[[], object], preview: bool = True, config: dict[str, str] | None = None,
-            secret_keys: list[str] | None = None) -> Recorded:
-        plan = record("aistack", "test", config or {}, secret_keys or [], program, root=ROOT, preview=preview)
+            secret_keys: list[str] | None = None, outputs: MockOutputs | None = None) -> Recorded:
+        plan = record("aistack", "test", config or {}, secret_keys or [], program, root=ROOT, preview=preview,
+                      outputs=outputs)
         return Recorded(plan)
 
     return run

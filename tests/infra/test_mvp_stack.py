@@ -63,6 +63,41 @@ def test_container_reads_the_pinned_model_and_writes_the_log_prefix(run_stack):
     assert set(rec.plan.outputs) == {"invoke_url", "bucket_name", "registry_id", "image_repository", "model_uri"}
 
 
+def _grants_a_revision_needs(rec) -> dict[str, str]:
+    """The IAM bindings of the container's account: image pull, each Lockbox secret's payloadViewer,
+    the folder's logging.writer (what Yandex checks when it deploys a revision)."""
+    account = rec.one("IamServiceAccount").name
+    member = f"serviceAccount:({account}.id)"
+    wanted = {}
+    for resource in rec.plan.resources:
+        inputs = resource.inputs
+        binding = resource.type.endswith(":ContainerRegistryIamBinding") and member in inputs.get("members", [])
+        grant = resource.type.endswith((":LockboxSecretIamMember", ":ResourcemanagerFolderIamMember")) \
+            and inputs.get("member") == member
+        if binding or grant:
+            wanted[resource.urn] = inputs["role"]
+    return wanted
+
+
+@pytest.mark.parametrize("require_api_key", [False, True])
+def test_the_container_waits_for_every_grant_its_revision_needs(run_stack, require_api_key):
+    """The provider turns a revision that fails for want of a grant into a warning only: the container
+    must be created after the pull, payloadViewer and logging.writer bindings exist."""
+    config = stack_config(serverless={"requireApiKey": require_api_key})
+    secret_keys = []
+    if require_api_key:
+        config["aistack:apiKey"] = "k3y-value"
+        secret_keys = ["aistack:apiKey"]
+    rec = run_stack("mvp", config, secret_keys=secret_keys)
+    grants = _grants_a_revision_needs(rec)
+    roles = sorted(grants.values())
+    assert roles == sorted(["container-registry.images.puller", "logging.writer", "lockbox.payloadViewer"]
+                           + (["lockbox.payloadViewer"] if require_api_key else []))
+    container = rec.one("ServerlessContainer")
+    missing = {urn: role for urn, role in grants.items() if urn not in container.dependencies}
+    assert not missing, f"the container does not wait for {missing}"
+
+
 def test_private_stage_has_no_public_invoker(run_stack):
     rec = run_stack("mvp", stack_config(serverless={"public": False}))
     assert rec.of_type("ServerlessContainerIamBinding") == []

@@ -141,8 +141,11 @@ def test_a_rule_may_not_name_a_later_group():
     ({"port": 70000, "cidrs": ("10.0.0.0/8",)}, "port 70000 is out of range: allowed 0-65535"),
     ({"port": 1, "from_port": 1, "to_port": 2, "cidrs": ("10.0.0.0/8",)}, "either port or from_port/to_port"),
     ({"from_port": 9, "to_port": 1, "cidrs": ("10.0.0.0/8",)}, "from_port 9 is above to_port 1"),
-    ({"port": 1}, "give CIDRs or a security group name, exactly one"),
-    ({"port": 1, "cidrs": ("10.0.0.0/8",), "group": "g"}, "give CIDRs or a security group name, exactly one"),
+    ({"port": 1}, "give CIDRs, a security group name or a predefined target, exactly one"),
+    ({"port": 1, "cidrs": ("10.0.0.0/8",), "group": "g"},
+     "give CIDRs, a security group name or a predefined target, exactly one"),
+    ({"port": 1, "predefined": "the_internet"}, "predefined target 'the_internet' is invalid: allowed "
+                                                "self_security_group, loadbalancer_healthchecks"),
     ({"port": 1, "cidrs": ("example.com",)}, "CIDR 'example.com' is not a valid IPv4 CIDR"),
 ])
 def test_invalid_rules_are_refused(kw, message):

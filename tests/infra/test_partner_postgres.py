@@ -33,9 +33,14 @@ def random_passwords(monkeypatch):
     monkeypatch.setattr(plan_module._Mocks, "new_resource", new_resource)
 
 
-@pytest.mark.parametrize("preset", ["s2.micro", "b2.medium", "s3-c2-m8", "b3-c1-m4", "s3-c4-m16"])
+@pytest.mark.parametrize("preset", ["s2.micro", "b2.medium", "s3-c2-m8", "s2.2xlarge", "s3-c4-m16"])
 def test_documented_presets_are_accepted(preset):
     assert pg_args(resource_preset=preset).resource_preset in RESOURCE_PRESETS
+
+
+def test_b3_is_a_clickhouse_class_not_a_postgresql_one():
+    with pytest.raises(ValidationError, match="resource preset 'b3-c1-m4' is not a Managed PostgreSQL host class"):
+        pg_args(resource_preset="b3-c1-m4")
 
 
 def test_unknown_preset_lists_the_allowed_ones():
@@ -51,14 +56,16 @@ def test_unknown_preset_lists_the_allowed_ones():
     ({"version": "13"}, "PostgreSQL version '13' is not offered: allowed 14, 15, 16, 17"),
     ({"disk_type": "network-nvme"}, "disk type 'network-nvme' is invalid: allowed network-ssd, network-hdd, "
                                     "network-ssd-nonreplicated, local-ssd"),
-    ({"disk_size_gb": 5}, "disk size 5 GB is out of range for network-ssd: allowed 10-8192 GB"),
+    ({"disk_size_gb": 5}, "disk size 5 GB is out of range for network-ssd on s2.micro in Managed PostgreSQL: "
+                          "allowed 10-8192 GB"),
     ({"disk_type": "network-ssd-nonreplicated", "disk_size_gb": 93},
-     "network-ssd-nonreplicated needs a cluster of 3 or more hosts \\(got 1\\)"),
+     "network-ssd-nonreplicated is not replicated by the cloud: it needs 3 or more hosts \\(got 1\\)"),
     ({"disk_type": "network-ssd-nonreplicated", "disk_size_gb": 100, "hosts": 3},
      "disk size 100 GB is invalid for network-ssd-nonreplicated: use a multiple of 93 GB"),
     ({"disk_type": "local-ssd", "disk_size_gb": 100, "hosts": 3, "resource_preset": "s3-c2-m8"},
      "disk size 100 GB is invalid for local-ssd on s3-c2-m8 \\(ice-lake\\): use a multiple of 368 GB"),
-    ({"resource_preset": "b2.medium", "disk_size_gb": 1024}, "b2.medium takes disks up to 512 GB \\(got 1024\\)"),
+    ({"resource_preset": "b2.medium", "disk_size_gb": 1024},
+     "disk size 1024 GB is out of range for network-ssd on b2.medium in Managed PostgreSQL: allowed 10-512 GB"),
     ({"hosts": 0}, "hosts 0 is out of range: allowed 1-7"),
     ({"database": "postgres"}, "database name 'postgres' is invalid"),
     ({"user": "1user"}, "user name '1user' is invalid: use 1-63 letters"),

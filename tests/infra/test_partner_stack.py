@@ -84,7 +84,7 @@ def test_repository_config_loads():
      "aistack:postgres.resourcePreset: resource preset 's9.giant' is not a Managed PostgreSQL host class: allowed "),
     ({"postgres": {"version": "12"}}, "aistack:postgres.version: Input should be '14', '15', '16' or '17'"),
     ({"postgres": {"diskType": "local-ssd", "diskSizeGb": 100}},
-     "aistack:postgres: local-ssd needs a cluster of 3 or more hosts (got 1)"),
+     "aistack:postgres: local-ssd is not replicated by the cloud: it needs 3 or more hosts (got 1)"),
     ({"ssh": {"enabled": True, "users": [{"name": "ops", "sshKeys": ["ssh-ed25519 AAAA ops"]}]},
       "network": {"adminCidrs": []}},
      "aistack:ssh: SSH is enabled but network.adminCidrs is empty: SSH opens only to the admin networks"),

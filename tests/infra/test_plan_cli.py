@@ -28,10 +28,12 @@ def test_plan_json_shape(plan_json):
     assert plan_json["stack"] == "mvp" and plan_json["project"] == "aistack"
     assert set(plan_json) == {"stack", "project", "resources", "outputs"}
     urns = set()
+    every = {r["urn"] for r in plan_json["resources"]}
     for resource in plan_json["resources"]:
-        assert set(resource) == {"urn", "type", "name", "parent", "inputs"}
+        assert set(resource) == {"urn", "type", "name", "parent", "dependencies", "inputs"}
         assert resource["urn"].startswith("urn:pulumi:mvp::aistack::")
         assert resource["parent"] is None or resource["parent"] in urns, "parents are registered first"
+        assert set(resource["dependencies"]) <= every and resource["dependencies"] == sorted(resource["dependencies"])
         urns.add(resource["urn"])
     types = [r["type"] for r in plan_json["resources"]]
     assert "yandex:index/storageBucket:StorageBucket" in types

@@ -12,9 +12,11 @@ import yaml
 from components.base import ValidationError
 from components.kubernetes import (
     GPU_TAINT,
+    VERSIONS,
     ManagedKubernetes,
     ManagedKubernetesArgs,
     NodeGroupSpec,
+    check_version,
     cpu_node_group,
     gpu_node_group,
     kubeconfig,
@@ -24,6 +26,7 @@ from components.kubernetes import (
 from components.network import StageNetwork, StageNetworkArgs, SubnetSpec
 from policy import guardrails as g
 from stagectl.checks import resources_of
+from tests.infra.conftest import ROOT
 
 LABELS = {"project": "aistack", "stage": "prod"}
 SUBNETS = {"ru-central1-a": "subnet-a", "ru-central1-b": "subnet-b", "ru-central1-d": "subnet-d"}
@@ -43,7 +46,7 @@ def cluster_args(**kw: Any) -> ManagedKubernetesArgs:
 # --- validation before anything is created ----------------------------------------------------------
 
 @pytest.mark.parametrize(("kw", "message"), [
-    ({"version": "1.27"}, "Kubernetes version '1.27' is not offered: allowed 1.29, 1.30, 1.31, 1.32"),
+    ({"version": "1.27"}, "Kubernetes version '1.27' is not offered: allowed 1.30, 1.31, 1.32, 1.33, 1.34"),
     ({"master": "regional", "subnet_ids": {"ru-central1-a": "s"}},
      "a regional master needs subnets in three zones, got 1 (ru-central1-a): add subnets for ru-central1-a, -b and "
      "-d or use a zonal master"),
@@ -104,7 +107,7 @@ def test_gpu_group_may_scale_to_zero():
 ])
 def test_api_allowlist_is_checked(cidrs, message):
     with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        master_rules(cidrs, ["10.140.0.0/24"])
+        master_rules(cidrs, ["10.140.0.0/24"], "10.112.0.0/16")
 
 
 # --- what is registered ---------------------------------------------------------------------------------
@@ -117,7 +120,7 @@ def test_cluster_as_registered(run_component):
     assert cluster["serviceAccountId"] == "(k8s-cluster-sa.id)"
     assert cluster["nodeServiceAccountId"] == "(k8s-nodes-sa.id)"
     master = cluster["master"]
-    assert master["version"] == "1.31" and master["publicIp"] is True
+    assert master["version"] == "1.33" and master["publicIp"] is True
     assert master["securityGroupIds"] == ["sg-master"]
     assert master["zonal"] == {"zone": "ru-central1-a", "subnetId": "subnet-a"} and "regional" not in master
     assert cluster["labels"] == {**LABELS, "component": "kubernetes"}
@@ -180,7 +183,8 @@ def test_master_security_group_is_the_allowlist(run_component):
                                                    security_groups={
                                                        "k8s-nodes": node_rules(vpc, "10.112.0.0/16", "10.96.0.0/16",
                                                                                ["0.0.0.0/0"]),
-                                                       "k8s-master": master_rules(allowlist, vpc)}), LABELS)
+                                                       "k8s-master": master_rules(allowlist, vpc,
+                                                                                  "10.112.0.0/16")}), LABELS)
         ManagedKubernetes("k8s", cluster_args(
             subnet_ids={"ru-central1-a": net.subnet_ids["ru-central1-a"]},
             master_security_group_ids=[net.security_group_ids["k8s-master"]],
@@ -210,6 +214,66 @@ def api_rule(resources: list[g.Resource], facts: g.StackFacts) -> g.RuleResult:
     return next(r for r in g.evaluate(resources, facts) if r.rule.name == "k8s-api-not-open-to-world")
 
 
+def _rules(spec: Any) -> dict[str, set[tuple[Any, ...]]]:
+    def key(rule: Any) -> tuple[Any, ...]:
+        ports = (rule.port,) if rule.port is not None else (rule.from_port, rule.to_port)
+        return (rule.protocol, ports, rule.cidrs or rule.group or rule.predefined)
+
+    return {"ingress": {key(r) for r in spec.ingress}, "egress": {key(r) for r in spec.egress}}
+
+
+def test_master_rules_are_yandexs_for_a_calico_cluster():
+    """Yandex's "Configuring security groups" page: the master reaches pods on the cluster CIDR
+    (webhooks; Calico routes pod IPs), metrics-server on 4443, NTP on UDP 123, and takes the load
+    balancers' health checks (a regional master sits behind one); the API only from the allowlist
+    and the nodes."""
+    spec = master_rules(["203.0.113.0/24"], ["10.140.0.0/24", "10.140.1.0/24"], "10.112.0.0/16")
+    every = (0, 65535)
+    assert _rules(spec) == {
+        "ingress": {
+            ("TCP", (443,), ("203.0.113.0/24",)), ("TCP", (6443,), ("203.0.113.0/24",)),
+            ("TCP", (443,), "k8s-nodes"), ("TCP", (6443,), "k8s-nodes"),
+            ("TCP", every, "loadbalancer_healthchecks"),
+            ("ANY", every, "self_security_group"),
+        },
+        "egress": {
+            ("ANY", every, "k8s-nodes"),
+            ("ANY", every, ("10.112.0.0/16",)),
+            ("TCP", (4443,), ("10.112.0.0/16",)),
+            ("UDP", (123,), ("0.0.0.0/0",)),
+            ("ANY", every, "self_security_group"),
+            ("ANY", every, ("10.140.0.0/24", "10.140.1.0/24")),
+        },
+    }
+
+
+def test_node_rules_are_yandexs_for_node_groups():
+    spec = node_rules(["10.140.0.0/24"], "10.112.0.0/16", "10.96.0.0/16", ["198.51.100.0/24"])
+    every = (0, 65535)
+    assert _rules(spec) == {
+        "ingress": {
+            ("ANY", every, "k8s-nodes"),
+            ("ANY", every, ("10.140.0.0/24", "10.112.0.0/16", "10.96.0.0/16")),
+            ("TCP", every, "loadbalancer_healthchecks"),
+            ("ICMP", (None, None), ("10.140.0.0/24",)),
+            ("TCP", (30000, 32767), ("198.51.100.0/24",)),
+        },
+        "egress": {("ANY", every, ("0.0.0.0/0",))},
+    }
+
+
+def test_predefined_targets_reach_the_provider(run_component):
+    vpc = ["10.140.0.0/24"]
+    rec = run_component(lambda: StageNetwork("net", StageNetworkArgs(
+        folder_id="f", subnets=[SubnetSpec("ru-central1-a", vpc[0])],
+        security_groups={"k8s-nodes": node_rules(vpc, "10.112.0.0/16", "10.96.0.0/16", ["0.0.0.0/0"]),
+                         "k8s-master": master_rules(["203.0.113.0/24"], vpc, "10.112.0.0/16")}), LABELS))
+    master = next(r for r in rec.of_type("VpcSecurityGroup") if r.name == "net-k8s-master").inputs
+    assert {"protocol": "TCP", "description": "network load balancer health checks (regional master)",
+            "fromPort": 0, "toPort": 65535, "predefinedTarget": "loadbalancer_healthchecks"} in master["ingresses"]
+    assert {"protocol": "UDP", "description": "NTP", "port": 123, "v4CidrBlocks": ["0.0.0.0/0"]} in master["egresses"]
+
+
 def test_node_rules_open_nodeports_only_to_the_ingress_clients():
     spec = node_rules(["10.140.0.0/24"], "10.112.0.0/16", "10.96.0.0/16", ["198.51.100.0/24"])
     nodeports = next(r for r in spec.ingress if r.description.startswith("NodePorts"))
@@ -217,7 +281,7 @@ def test_node_rules_open_nodeports_only_to_the_ingress_clients():
     assert not any(r.port in (22, 443, 6443) for r in spec.ingress)
 
 
-def test_kubeconfig_uses_yc_and_holds_no_credential():
+def test_the_kubeconfig_output_uses_yc_and_holds_no_credential():
     text = kubeconfig("cat123", "https://203.0.113.5", "-----BEGIN CERTIFICATE-----\nabc\n")
     document = yaml.safe_load(text)
     cluster = document["clusters"][0]["cluster"]
@@ -226,6 +290,79 @@ def test_kubeconfig_uses_yc_and_holds_no_credential():
     user = document["users"][0]["user"]
     assert set(user) == {"exec"} and user["exec"]["command"] == "yc"
     assert user["exec"]["args"][:2] == ["k8s", "create-token"]
+
+
+def _installed_by_the_deploy_jobs(command: str) -> bool:
+    """Whether the jobs that run ``pulumi up`` install ``command``: the Pulumi image has the Pulumi
+    CLI and Python; anything else would have to be installed by the job's own scripts."""
+    ci = yaml.safe_load((ROOT / ".gitlab-ci.yml").read_text())
+    setup = " ".join([*ci[".pulumi"]["before_script"],
+                      *(ROOT / "scripts" / "ci" / "pulumi-login.sh").read_text().splitlines()])
+    return command in ("pulumi", "python3") or f"install {command}" in setup or f"/{command} " in setup
+
+
+def test_the_provider_authenticates_with_what_the_deploy_job_has(run_component):
+    """The kubernetes provider's kubeconfig execs nothing the deploy job lacks: it carries the IAM
+    token of the Yandex provider's own credentials (data source yandex_client_config)."""
+    seen: dict[str, str] = {}
+
+    def program() -> None:
+        cluster = ManagedKubernetes("k8s", cluster_args(), LABELS)
+        pulumi.Output.unsecret(cluster.provider_kubeconfig).apply(lambda text: seen.setdefault("kubeconfig", text))
+
+    run_component(program)
+    users = [u["user"] for u in yaml.safe_load(seen["kubeconfig"])["users"]]
+    missing = [u["exec"]["command"] for u in users if "exec" in u
+               and not _installed_by_the_deploy_jobs(u["exec"]["command"])]
+    assert not missing, f"the kubeconfig execs {missing}, which the jobs running `pulumi up` do not install"
+    assert users == [{"token": "(getClientConfig.iamToken)"}]
+
+
+CLUSTER_LOOKUP = "yandex:index/getKubernetesCluster:getKubernetesCluster"
+GROUP_LOOKUP = "yandex:index/getKubernetesNodeGroup:getKubernetesNodeGroup"
+
+
+def test_versions_follow_yandexs_channels():
+    assert "1.29" not in VERSIONS and {"1.30", "1.33", "1.34"} <= set(VERSIONS)
+    check_version("1.34", "RAPID")
+    with pytest.raises(ValidationError, match=r"Kubernetes 1\.34 is not offered on the STABLE release channel"):
+        check_version("1.34", "STABLE")
+    with pytest.raises(ValidationError, match=r"Kubernetes version '1\.29' is not offered"):
+        check_version("1.29")
+
+
+def test_a_forced_upgrade_does_not_plan_a_downgrade(run_component):
+    """Yandex moved the master and the node groups to 1.34 (auto-upgrade): the plan keeps 1.34, not the
+    configured 1.33, and says so."""
+    rec = run_component(lambda: ManagedKubernetes("k8s", cluster_args(version="1.33"), LABELS), outputs={
+        CLUSTER_LOOKUP: {"masters": [{"version": "1.34"}]},
+        GROUP_LOOKUP: {"versionInfos": [{"currentVersion": "1.34"}]},
+    })
+    assert rec.one("KubernetesCluster").inputs["master"]["version"] == "1.34"
+    assert {g.name: g.inputs["version"] for g in rec.of_type("KubernetesNodeGroup")} == {"k8s-cpu": "1.34",
+                                                                                         "k8s-gpu": "1.34"}
+    assert any("Yandex has upgraded the master of k8s to 1.34 (auto-upgrade), past the configured 1.33" in w
+               for w in rec.plan.warnings)
+
+
+def test_a_configured_upgrade_is_planned(run_component):
+    rec = run_component(lambda: ManagedKubernetes("k8s", cluster_args(version="1.33"), LABELS),
+                        outputs={CLUSTER_LOOKUP: {"masters": [{"version": "1.32"}]}})
+    assert rec.one("KubernetesCluster").inputs["master"]["version"] == "1.33"
+    assert rec.plan.warnings == []
+
+
+def test_without_auto_upgrade_the_configured_version_is_planned(run_component):
+    rec = run_component(lambda: ManagedKubernetes("k8s", cluster_args(version="1.33", auto_upgrade=False), LABELS),
+                        outputs={CLUSTER_LOOKUP: {"masters": [{"version": "1.34"}]}})
+    cluster = rec.one("KubernetesCluster").inputs["master"]
+    assert cluster["version"] == "1.33" and cluster["maintenancePolicy"]["autoUpgrade"] is False
+
+
+def test_service_range_no_wider_than_kube_apiserver_allows():
+    with pytest.raises(ValidationError, match=r"service CIDR 10\.0\.0\.0/10 is invalid: use a private range between"):
+        cluster_args(service_ipv4_range="10.0.0.0/10")
+    cluster_args(service_ipv4_range="10.96.0.0/12", cluster_ipv4_range="10.112.0.0/16")
 
 
 def test_kubeconfig_output_is_secret(run_component):

@@ -23,6 +23,7 @@ ACCESS_KEY = "YCAJE-access-key-id-plain"
 SECRET_KEY = "YCM-secret-access-key-PLAINTEXT"
 REPO_TOKEN = "glpat-REPO-token-PLAINTEXT"
 OUTPUTS = {"ingress_address", "service_url", "argocd_url", "kibana_url", "tf_serving_url", "tf_model_base_path",
+           "tf_model_source",
            "clickhouse_host", "clickhouse_port", "clickhouse_database", "clickhouse_user", "cluster_id", "kubeconfig",
            "bucket_name", "registry_id", "image_repository", "model_uri"}
 SEMVER = re.compile(r"^v?\d+\.\d+\.\d+$")
@@ -78,7 +79,8 @@ def named(rec: Recorded, kind: str, name: str) -> dict[str, Any]:
 def test_repository_config_loads():
     cfg = load_stage_config("prod", stack_config("prod"))
     assert isinstance(cfg, ProdConfig)
-    assert cfg.kubernetes.version == "1.31" and cfg.kubernetes.master == "zonal"
+    assert cfg.kubernetes.version == "1.33" and cfg.kubernetes.master == "zonal"
+    assert cfg.kubernetes.auto_upgrade is True and cfg.clickhouse.coordination == "none"
     assert (cfg.kubernetes.gpu_nodes.platform, cfg.kubernetes.gpu_nodes.cores) == ("standard-v3-t4", 8)
     assert cfg.clickhouse.deletion_protection is True
     assert cfg.network.api_allowlist == ["203.0.113.0/24", "198.51.100.10/32"]
@@ -100,8 +102,12 @@ def test_repository_config_loads():
     ({"network": {"apiAllowlist": []}}, "aistack:network.apiAllowlist: List should have at least 1 item"),
     ({"network": {"subnets": {"ru-central1-b": "10.140.1.0/24"}}},
      "aistack:network: yandex:zone ru-central1-a has no subnet in network.subnets (ru-central1-b)"),
-    ({"kubernetes": {"version": "1.27"}}, "aistack:kubernetes.version: Input should be '1.29', '1.30', '1.31' or "
-                                          "'1.32'"),
+    ({"kubernetes": {"version": "1.27"}}, "aistack:kubernetes.version: Input should be '1.30', '1.31', '1.32', "
+                                          "'1.33' or '1.34'"),
+    ({"kubernetes": {"version": "1.34"}}, "aistack:kubernetes: Kubernetes 1.34 is not offered on the STABLE release "
+                                          "channel"),
+    ({"kubernetes": {"serviceIpv4Range": "10.0.0.0/10"}},
+     "aistack:kubernetes: service CIDR 10.0.0.0/10 is invalid: use a private range between /12 and /20"),
     ({"kubernetes": {"cpuNodes": {"min": 0}}},
      "aistack:kubernetes.cpuNodes.min: Input should be greater than or equal to 1"),
     ({"kubernetes": {"cpuNodes": {"cores": 3}}}, "aistack:kubernetes.cpuNodes: CPU node cores 3 is invalid"),
@@ -109,7 +115,7 @@ def test_repository_config_loads():
     ({"charts": {"gpuOperator": "v24.6.2"}},
      "aistack:gpuOperator: driverless GPU nodes need the GPU Operator v24.9.2 or newer (chart version v24.6.2)"),
     ({"gpuOperator": {"driverVersion": "535.183.01"}},
-     "aistack:gpuOperator: NVIDIA driver 535.183.01 is too old for Kubernetes 1.31: driverless nodes on Kubernetes "
+     "aistack:gpuOperator: NVIDIA driver 535.183.01 is too old for Kubernetes 1.33: driverless nodes on Kubernetes "
      "1.30 or newer need driver 550.144.03 or newer"),
     ({"tfServing": {"maxReplicas": 3}},
      "aistack:tfServing: maxReplicas 3 exceeds the GPUs of the GPU node group (kubernetes.gpuNodes.max x gpus = 2)"),
@@ -121,7 +127,10 @@ def test_repository_config_loads():
      "aistack:tfServing.image: image 'tensorflow/serving' is not pinned"),
     ({"clickhouse": {"resourcePreset": "s9.giant"}},
      "aistack:clickhouse.resourcePreset: resource preset 's9.giant' is not a Managed ClickHouse host class"),
-    ({"clickhouse": {"version": "23.3"}}, "aistack:clickhouse.version: ClickHouse version '23.3' is not offered"),
+    ({"clickhouse": {"version": "24.3"}}, "aistack:clickhouse.version: Input should be '24.8', '25.3', '25.8', "
+                                          "'25.9' or '25.10'"),
+    ({"clickhouse": {"replicas": 2}}, "aistack:clickhouse: 2 replicas per shard need a coordination service, and "
+                                      "coordination is 'none'"),
     ({"clickhouse": {"diskType": "local-ssd", "diskSizeGb": 368}},
      "aistack:clickhouse: local-ssd is not replicated by the cloud"),
     ({"elk": {"elasticsearchNodes": 2}}, "aistack:elk.elasticsearchNodes: Input should be 1, 3 or 5"),
@@ -186,7 +195,8 @@ def test_outputs(run_stack, model):
     assert outputs["kibana_url"] == "https://logs-kb-http.logging.svc:5601"
     assert outputs["argocd_url"] == "https://argocd-server.argocd.svc"
     assert outputs["tf_serving_url"] == "http://tf-serving.aistack.svc:8501"
-    assert outputs["tf_model_base_path"] == f"s3://aistack-prod-b1gexamplefolder0prd/models/digits/{sha}/tf"
+    assert outputs["tf_model_source"] == f"s3://aistack-prod-b1gexamplefolder0prd/models/digits/{sha}/tf"
+    assert outputs["tf_model_base_path"] == "/models/digits"
     assert not any("password" in key for key in outputs)
     assert rec.plan.warnings == []
 
@@ -234,10 +244,11 @@ def test_helm_charts_are_pinned_to_the_configured_versions(run_stack, model):
 
 
 def test_no_public_clickhouse_and_only_the_nodes_reach_it(run_stack, model):
-    rec = run_stack("prod", config_for(model, clickhouse={"shards": 1, "replicas": 2}))
+    rec = run_stack("prod", config_for(model, clickhouse={"shards": 1, "replicas": 3,
+                                                          "coordination": "embedded-keeper"}))
     cluster = rec.one("MdbClickhouseCluster").inputs
-    assert [h["assignPublicIp"] for h in cluster["hosts"]] == [False, False]
-    assert [h["zone"] for h in cluster["hosts"]] == ["ru-central1-a", "ru-central1-b"]
+    assert [h["assignPublicIp"] for h in cluster["hosts"]] == [False, False, False]
+    assert [h["zone"] for h in cluster["hosts"]] == ["ru-central1-a", "ru-central1-b", "ru-central1-d"]
     assert cluster["securityGroupIds"] == ["(prod-net-clickhouse.id)"]
     assert cluster["deletionProtection"] is True
     group = named(rec, "VpcSecurityGroup", "prod-net-clickhouse")
@@ -287,10 +298,15 @@ def test_tf_serving_deployment(run_stack, model):
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == "tensorflow/serving:2.18.0-gpu"
-    assert f"--model_base_path=s3://aistack-prod-b1gexamplefolder0prd/models/digits/{sha}/tf" in container["args"]
+    assert "--model_base_path=/models/digits" in container["args"]  # the init container's copy
     assert "--model_name=digits" in container["args"] and "--rest_api_port=8501" in container["args"]
-    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
-    assert env["S3_ENDPOINT"] == "storage.yandexcloud.net" and env["AWS_REGION"] == "ru-central1"
+    (fetch,) = pod["initContainers"]
+    assert fetch["command"] == ["python", "-m", "service.model_sync",
+                                f"s3://aistack-prod-b1gexamplefolder0prd/models/digits/{sha}/tf", "/models/digits"]
+    digest = json.loads(stack_config("prod")["aistack:release"])["imageDigest"]
+    assert fetch["image"] == f"cr.yandex/(prod-images-registry.id)/inference@{digest}"
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in fetch["env"]}
+    assert env["S3_ENDPOINT_URL"] == "https://storage.yandexcloud.net" and env["AWS_REGION"] == "ru-central1"
     assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "tf-serving-s3", "key": "AWS_SECRET_ACCESS_KEY"}}
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"

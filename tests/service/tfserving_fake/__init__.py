@@ -57,7 +57,7 @@ def require_tf_python() -> Path:
 class FakeTfServing:
     """One ``server.py`` process on 127.0.0.1 that can be killed and restarted on the same port."""
 
-    def __init__(self, base_path: Path, model_name: str, log_path: Path, load_delay: float = 0.0) -> None:
+    def __init__(self, base_path: Path | str, model_name: str, log_path: Path, load_delay: float = 0.0) -> None:
         self.python = require_tf_python()
         self.base_path = base_path
         self.model_name = model_name

@@ -16,8 +16,16 @@ TensorFlow (``tf.saved_model.load``), speaking the REST API as TF Serving docume
   NOT_FOUND 404, INTERNAL 500, UNAVAILABLE 503).
 
 Like TF Serving's default version policy it serves the latest integer version directory below
-``--model_base_path``. ``--load_delay`` keeps the model in state ``LOADING`` for that many seconds
-after start (predict then answers 404 ``Servable not found``, as TF Serving does).
+``--model_base_path``, looking for one every ``--file_system_poll_wait_seconds`` until there is one
+(until then the model status answers 404 ``Could not find any versions of model <name>``).
+``--load_delay`` keeps the model in state ``LOADING`` for that many seconds after start (predict
+then answers 404 ``Servable not found``, as TF Serving does).
+
+And like TF Serving since 2.7 (built without the S3 filesystem; tensorflow/serving#1963) it reads
+local paths only: a base path with a URI scheme (``s3://...``) is never loaded. The server stays
+up, logs ``FileSystemStoragePathSource encountered a filesystem access error: Could not find base
+path s3://... for servable <name> with error UNIMPLEMENTED: File system scheme 's3' not
+implemented (file: 's3://...')`` at every poll, and the model never becomes available.
 
 Usage (under .venv-tf): ``python server.py --port 8501 --model_name digits --model_base_path DIR``
 """
@@ -61,21 +69,46 @@ def invalid(message: str) -> Status:
     return Status(400, message)
 
 
+SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
 class Servable:
     """The latest version below the base path, loaded with TensorFlow."""
 
-    def __init__(self, name: str, base_path: Path, load_delay: float) -> None:
+    def __init__(self, name: str, base_path: str, load_delay: float, poll_s: float = 1.0) -> None:
         self.name = name
-        self.base_path = base_path
-        versions = sorted(int(p.name) for p in base_path.iterdir() if p.is_dir() and p.name.isdigit())
-        if not versions:
-            raise SystemExit(f"no version directories below {base_path}")
-        self.version = versions[-1]
+        self.base_path_text = base_path
+        self.base_path = Path(base_path)
+        self.version: int | None = None
         self.loaded: Any = None
         self.signature_defs: dict[str, Any] = {}
         self.state = "START"
         self._delay = load_delay
-        threading.Thread(target=self._load, daemon=True).start()
+        self._poll_s = poll_s
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _versions(self) -> list[int]:
+        scheme = SCHEME.match(self.base_path_text)
+        if scheme and scheme.group(1) != "file":
+            print(f"E file_system_storage_path_source.cc:353] FileSystemStoragePathSource encountered a filesystem "
+                  f"access error: Could not find base path {self.base_path_text} for servable {self.name} with error "
+                  f"UNIMPLEMENTED: File system scheme '{scheme.group(1)}' not implemented "
+                  f"(file: '{self.base_path_text}')", file=sys.stderr, flush=True)
+            return []
+        if not self.base_path.is_dir():
+            print(f"E FileSystemStoragePathSource encountered a filesystem access error: Could not find base path "
+                  f"{self.base_path_text} for servable {self.name}", file=sys.stderr, flush=True)
+            return []
+        return sorted(int(p.name) for p in self.base_path.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def _watch(self) -> None:
+        while True:
+            versions = self._versions()
+            if versions:
+                self.version = versions[-1]
+                self._load()
+                return
+            time.sleep(self._poll_s)
 
     def _load(self) -> None:
         self.state = "LOADING"
@@ -93,7 +126,7 @@ class Servable:
         self.state = "AVAILABLE"
 
     def check(self, name: str, version: str | None, *, status_api: bool = False) -> None:
-        if name != self.name:
+        if name != self.name or self.version is None:
             if status_api:
                 raise Status(404, f"Could not find any versions of model {name}")
             spec = f"Specific({name}, {version})" if version else f"Latest({name})"
@@ -265,8 +298,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--model_name", required=True)
     parser.add_argument("--model_base_path", required=True)
     parser.add_argument("--load_delay", type=float, default=0.0)
+    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
     args = parser.parse_args(argv)
-    servable = Servable(args.model_name, Path(args.model_base_path), args.load_delay)
+    servable = Servable(args.model_name, args.model_base_path, args.load_delay, args.file_system_poll_wait_seconds)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(servable))
     server.daemon_threads = True
     print(f"serving {args.model_name} on 127.0.0.1:{args.port}", flush=True)
