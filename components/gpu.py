@@ -6,8 +6,13 @@ for about 30 minutes instead of failing (terraform-provider-yandex#178). The VM 
 
 | platform id | GPU | shapes (GPUs, vCPU, RAM GB) | zones |
 |---|---|---|---|
-| ``standard-v3-t4`` | NVIDIA T4 16 GB | exactly 1 GPU with 4/16, 8/32, 16/64 or 32/128 | ru-central1-a, -b |
+| ``standard-v3-t4`` | NVIDIA T4 16 GB | exactly 1 GPU with 4/16, 8/32, 16/64 or 32/128 | ru-central1-a, -b, -d |
+| ``standard-v3-t4i`` | NVIDIA T4i 24 GB | the same shapes as T4 | ru-central1-d |
 | ``gpu-standard-v3`` | NVIDIA A100 80 GB | 1, 2, 4 or 8 GPUs, 28 vCPU and 119 GB per GPU | ru-central1-a, -b |
+
+Zones as Compute Cloud's pages give them: V100, A100 and T4 in ``-a`` and ``-b`` ("GPUs"), and of
+the GPU platforms only T4, T4i, Gen2 and GPU PLATFORM V4 in ``-d`` (the ``-d``/``-e`` platform
+table). T4i's GPU quota, like the others', is zero until requested.
 """
 
 from __future__ import annotations
@@ -46,15 +51,23 @@ class GpuPlatform:
 
 
 T4 = "standard-v3-t4"
+T4I = "standard-v3-t4i"
 A100 = "gpu-standard-v3"
 GPU_ZONES = ("ru-central1-a", "ru-central1-b")
+_T4_SHAPES = tuple(GpuShape(1, c, m) for c, m in ((4, 16), (8, 32), (16, 64), (32, 128)))
 
 PLATFORMS: dict[str, GpuPlatform] = {
     T4: GpuPlatform(
         id=T4,
         gpu="NVIDIA T4 16 GB",
-        shapes=tuple(GpuShape(1, c, m) for c, m in ((4, 16), (8, 32), (16, 64), (32, 128))),
-        zones=GPU_ZONES,
+        shapes=_T4_SHAPES,
+        zones=(*GPU_ZONES, "ru-central1-d"),
+    ),
+    T4I: GpuPlatform(
+        id=T4I,
+        gpu="NVIDIA T4i 24 GB",
+        shapes=_T4_SHAPES,
+        zones=("ru-central1-d",),
     ),
     A100: GpuPlatform(
         id=A100,
@@ -65,7 +78,7 @@ PLATFORMS: dict[str, GpuPlatform] = {
 }
 
 #: Platform ids people type by mistake, and what they meant.
-_LOOKALIKES = {"standard-v3": A100, "t4": T4, "standard-v3-t4i": T4, "gpu-standard-v3-t4": T4}
+_LOOKALIKES = {"standard-v3": A100, "t4": T4, "t4i": T4I, "gpu-standard-v3-t4": T4}
 
 
 def check_gpu_platform(platform_id: str) -> GpuPlatform:
@@ -92,10 +105,14 @@ def check_gpu_shape(platform_id: str, gpus: int, cores: int, memory_gb: float) -
     )
 
 
+def _and(items: tuple[str, ...]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def check_gpu_zone(platform_id: str, zone: str) -> None:
     platform = check_gpu_platform(platform_id)
     if zone not in platform.zones:
         raise ValidationError(
-            f"{platform.id} ({platform.gpu}) runs only in {' and '.join(platform.zones)}, not in {zone}: "
+            f"{platform.id} ({platform.gpu}) runs only in {_and(platform.zones)}, not in {zone}: "
             f"put the GPU workload in one of those zones (yandex:zone)"
         )

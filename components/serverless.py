@@ -1,9 +1,13 @@
 """Serverless inference: a Yandex Serverless Container running the service image by digest.
 
-Limits checked here (Yandex Serverless Containers): memory in MB, a multiple of 128, at most
-8192; 1-4 cores; core fraction 5-100 %; 1-16 concurrent requests per instance; execution
-timeout 1 s - 1 h. Logs go to a dedicated Cloud Logging group. Invocation is public only when
-asked for (an ``allUsers`` invoker binding); otherwise callers need
+Limits checked here (Yandex Serverless Containers, "Runtime environment" and "Quotas and limits"):
+memory in MB, a multiple of 128, at most 8192; 1-4 cores, at most what the memory allows (1 vCPU
+below 4 GB, 2 below 6 GB, 3 below 8 GB, 4 at 8 GB); core fraction a multiple of 5 % from 5 to
+100, and 100 when cores > 1; 1-16 concurrent requests per instance; execution timeout 1 s - 1 h.
+Warned about, because they need something of the cloud: a timeout over 10 minutes (a long-lived
+container), provisioned instances beyond the default quota (2 per cloud), log retention beyond
+Cloud Logging's (31 days). Logs go to a dedicated Cloud Logging group. Invocation is public only
+when asked for (an ``allUsers`` invoker binding); otherwise callers need
 ``serverless.containers.invoker``.
 """
 
@@ -22,8 +26,17 @@ MEMORY_STEP_MB = 128
 MEMORY_MAX_MB = 8192
 CORES = (1, 2, 3, 4)
 CORE_FRACTION_RANGE = (5, 100)
+CORE_FRACTION_STEP = 5
 CONCURRENCY_RANGE = (1, 16)
 TIMEOUT_RANGE_S = (1, 3600)
+#: Above this an instance is a long-lived container (Yandex: "a timeout of over 10 minutes is only
+#: available for long-lived containers").
+LONG_LIVED_AFTER_S = 600
+#: Default quotas a stage may run into, with their quota ids.
+PROVISIONED_QUOTA = ("serverless.containersWorkersProvisioned.count", 2)
+LOG_RETENTION_QUOTA = ("logging.retentionDays.count", 31)
+#: The most vCPUs an instance gets for its memory: (memory below, in MB) -> cores.
+_CORES_BY_MEMORY = ((4096, 1), (6144, 2), (8192, 3))
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -45,6 +58,46 @@ def check_in_range(what: str, value: int, bounds: tuple[int, int], unit: str = "
 def check_cores(cores: int) -> None:
     if cores not in CORES:
         raise ValidationError(f"cores {cores} is invalid: allowed {', '.join(map(str, CORES))}")
+
+
+def max_cores(memory_mb: int) -> int:
+    """The vCPUs an instance of ``memory_mb`` gets at most (the runtime page's table)."""
+    return next((cores for below, cores in _CORES_BY_MEMORY if memory_mb < below), 4)
+
+
+def check_cores_for_memory(cores: int, memory_mb: int) -> None:
+    allowed = max_cores(memory_mb)
+    if cores > allowed:
+        needed = {2: 4096, 3: 6144, 4: 8192}[cores]
+        raise ValidationError(f"{cores} cores need at least {needed} MB of memory: an instance with {memory_mb} MB gets "
+                              f"at most {allowed} vCPU (1 below 4 GB, 2 below 6 GB, 3 below 8 GB, 4 at 8 GB)")
+
+
+def check_core_fraction(core_fraction: int, cores: int) -> None:
+    check_in_range("core fraction", core_fraction, CORE_FRACTION_RANGE, "%")
+    if core_fraction % CORE_FRACTION_STEP:
+        raise ValidationError(f"core fraction {core_fraction}% is invalid: use a multiple of {CORE_FRACTION_STEP}% "
+                              "(5, 10, ... 100)")
+    if cores > 1 and core_fraction != 100:
+        raise ValidationError(f"core fraction {core_fraction}% is invalid with {cores} cores: more than one core "
+                              "takes 100%")
+
+
+def quota_warnings(timeout_s: int, provisioned_instances: int, log_retention_days: int) -> list[str]:
+    """What the configuration needs of the cloud beyond the defaults, each naming the quota or feature."""
+    warnings = []
+    if timeout_s > LONG_LIVED_AFTER_S:
+        warnings.append(f"execution timeout {timeout_s} s is over 10 minutes: the container becomes a long-lived "
+                        "container, which Yandex offers on request (Preview): ask support to enable it for the cloud")
+    quota, default = PROVISIONED_QUOTA
+    if provisioned_instances > default:
+        warnings.append(f"{provisioned_instances} provisioned instances exceed the default quota of {default} per "
+                        f"cloud ({quota}): request an increase before deploying")
+    quota, default = LOG_RETENTION_QUOTA
+    if log_retention_days > default:
+        warnings.append(f"log retention {log_retention_days} days exceeds Cloud Logging's default of {default} days "
+                        f"({quota}): request an increase or the log group cannot be created")
+    return warnings
 
 
 def check_image_digest(digest: str) -> None:
@@ -91,7 +144,8 @@ class ServerlessServiceArgs:
     def __post_init__(self) -> None:
         check_memory(self.memory_mb)
         check_cores(self.cores)
-        check_in_range("core fraction", self.core_fraction, CORE_FRACTION_RANGE, "%")
+        check_cores_for_memory(self.cores, self.memory_mb)
+        check_core_fraction(self.core_fraction, self.cores)
         check_in_range("concurrency", self.concurrency, CONCURRENCY_RANGE)
         check_in_range("execution timeout", self.execution_timeout_s, TIMEOUT_RANGE_S, " s")
         check_in_range("provisioned instances", self.provisioned_instances, (0, 100))
@@ -110,6 +164,8 @@ class ServerlessService(StageComponent):
     def __init__(self, name: str, args: ServerlessServiceArgs, labels: dict[str, str],
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("serverless:ServerlessService", name, labels, opts)
+        for warning in quota_warnings(args.execution_timeout_s, args.provisioned_instances, args.log_retention_days):
+            pulumi.log.warn(f"{name}: {warning}")
 
         self.log_group = yandex.LoggingGroup(
             self.child_name("logs"),

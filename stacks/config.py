@@ -105,6 +105,7 @@ class StorageSettings(Settings):
 class ServerlessSettings(Settings):
     memory_mb: MemoryMb = 1024
     cores: Literal[1, 2, 3, 4] = 1
+    #: A multiple of 5; 100 when cores > 1.
     core_fraction: int = Field(100, ge=serverless.CORE_FRACTION_RANGE[0], le=serverless.CORE_FRACTION_RANGE[1])
     concurrency: int = Field(4, ge=serverless.CONCURRENCY_RANGE[0], le=serverless.CONCURRENCY_RANGE[1])
     execution_timeout_s: int = Field(30, ge=serverless.TIMEOUT_RANGE_S[0], le=serverless.TIMEOUT_RANGE_S[1])
@@ -116,6 +117,12 @@ class ServerlessSettings(Settings):
     max_instances: int = Field(64, ge=1, le=4096)
     #: Require an ``X-API-Key`` header on predict endpoints (the key itself is a secret config value).
     require_api_key: bool = False
+
+    @model_validator(mode="after")
+    def _resources(self) -> ServerlessSettings:
+        serverless.check_cores_for_memory(self.cores, self.memory_mb)
+        serverless.check_core_fraction(self.core_fraction, self.cores)
+        return self
 
 
 class UsageAssumptions(Settings):

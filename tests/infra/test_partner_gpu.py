@@ -41,7 +41,8 @@ def test_a100_wrong_shape_lists_per_gpu_rule():
 def test_unknown_platform_hints_at_the_common_mistake():
     with pytest.raises(ValidationError, match=r"GPU platform 'standard-v3' is not supported \(did you mean "
                                               r"'gpu-standard-v3'\?\): use one of standard-v3-t4 \(NVIDIA T4 16 GB\), "
-                                              r"gpu-standard-v3 \(NVIDIA A100 80 GB\)"):
+                                              r"standard-v3-t4i \(NVIDIA T4i 24 GB\), gpu-standard-v3 \(NVIDIA A100 "
+                                              r"80 GB\)"):
         check_gpu_platform("standard-v3")
 
 
@@ -51,11 +52,21 @@ def test_gpu_zones(zone):
     check_gpu_zone(A100, zone)
 
 
-def test_gpu_zone_d_is_refused():
+def test_a100_in_zone_d_is_refused():
     with pytest.raises(ValidationError) as info:
-        check_gpu_zone(T4, "ru-central1-d")
-    assert str(info.value) == ("standard-v3-t4 (NVIDIA T4 16 GB) runs only in ru-central1-a and ru-central1-b, not in "
-                               "ru-central1-d: put the GPU workload in one of those zones (yandex:zone)")
+        check_gpu_zone(A100, "ru-central1-d")
+    assert str(info.value) == ("gpu-standard-v3 (NVIDIA A100 80 GB) runs only in ru-central1-a and ru-central1-b, not "
+                               "in ru-central1-d: put the GPU workload in one of those zones (yandex:zone)")
+
+
+def test_t4i_is_a_real_platform_in_zone_d():
+    """Compute Cloud's T4i (24 GB): the T4's shapes, in ru-central1-d; T4 itself runs there too."""
+    check_gpu_shape("standard-v3-t4i", 1, 8, 32)
+    check_gpu_zone("standard-v3-t4i", "ru-central1-d")
+    check_gpu_zone(T4, "ru-central1-d")
+    with pytest.raises(ValidationError, match=r"standard-v3-t4i \(NVIDIA T4i 24 GB\) runs only in ru-central1-d, "
+                                              r"not in ru-central1-a"):
+        check_gpu_zone("standard-v3-t4i", "ru-central1-a")
 
 
 def host_args(**kw: object) -> GpuHostArgs:
@@ -67,7 +78,7 @@ def host_args(**kw: object) -> GpuHostArgs:
 
 @pytest.mark.parametrize(("kw", "message"), [
     ({"cores": 6, "memory_gb": 24}, "does not offer 1 GPU / 6 vCPU / 24 GB"),
-    ({"zone": "ru-central1-d"}, "runs only in ru-central1-a and ru-central1-b"),
+    ({"platform_id": "standard-v3-t4i", "zone": "ru-central1-a"}, "runs only in ru-central1-d"),
     ({"disk_size_gb": 30}, "boot disk size 30 GB is out of range: allowed 64-4096 GB"),
     ({"disk_type": "network-ssd-nonreplicated"}, "boot disk type 'network-ssd-nonreplicated' is invalid: allowed "
                                                  "network-ssd, network-hdd"),

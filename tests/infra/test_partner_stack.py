@@ -77,9 +77,9 @@ def test_repository_config_loads():
     ({"gpuHost": {"cores": 6, "memoryGb": 24}},
      "aistack:gpuHost: standard-v3-t4 (NVIDIA T4 16 GB) does not offer 1 GPU / 6 vCPU / 24 GB: it takes exactly 1 "
      "GPU with 4/16, 8/32, 16/64 or 32/128 vCPU/GB; set gpus, cores and memory to one of those shapes"),
-    ({"yandex:zone": "ru-central1-d"},
-     "aistack:gpuHost: standard-v3-t4 (NVIDIA T4 16 GB) runs only in ru-central1-a and ru-central1-b, not in "
-     "ru-central1-d: put the GPU workload in one of those zones (yandex:zone)"),
+    ({"gpuHost": {"platform": "standard-v3-t4i"}},
+     "aistack:gpuHost: standard-v3-t4i (NVIDIA T4i 24 GB) runs only in ru-central1-d, not in ru-central1-a: put the "
+     "GPU workload in one of those zones (yandex:zone)"),
     ({"postgres": {"resourcePreset": "s9.giant"}},
      "aistack:postgres.resourcePreset: resource preset 's9.giant' is not a Managed PostgreSQL host class: allowed "),
     ({"postgres": {"version": "12"}}, "aistack:postgres.version: Input should be '14', '15', '16' or '17'"),

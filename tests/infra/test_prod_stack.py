@@ -90,9 +90,8 @@ def test_repository_config_loads():
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"kubernetes": {"gpuNodes": {"cores": 6, "memoryGb": 24}}},
      "aistack:kubernetes.gpuNodes: standard-v3-t4 (NVIDIA T4 16 GB) does not offer 1 GPU / 6 vCPU / 24 GB"),
-    ({"yandex:zone": "ru-central1-d"},
-     "aistack:kubernetes: standard-v3-t4 (NVIDIA T4 16 GB) runs only in ru-central1-a and ru-central1-b, not in "
-     "ru-central1-d"),
+    ({"kubernetes": {"gpuNodes": {"platform": "standard-v3-t4i"}}},
+     "aistack:kubernetes: standard-v3-t4i (NVIDIA T4i 24 GB) runs only in ru-central1-d, not in ru-central1-a"),
     ({"kubernetes": {"master": "regional"}, "network": {"subnets": {"ru-central1-a": "10.140.0.0/24",
                                                                     "ru-central1-b": "10.140.1.0/24"}}},
      "aistack:kubernetes: a regional master needs subnets in three zones, got 2"),
