@@ -69,8 +69,8 @@ def check_cores_for_memory(cores: int, memory_mb: int) -> None:
     allowed = max_cores(memory_mb)
     if cores > allowed:
         needed = {2: 4096, 3: 6144, 4: 8192}[cores]
-        raise ValidationError(f"{cores} cores need at least {needed} MB of memory: an instance with {memory_mb} MB gets "
-                              f"at most {allowed} vCPU (1 below 4 GB, 2 below 6 GB, 3 below 8 GB, 4 at 8 GB)")
+        raise ValidationError(f"{cores} cores need at least {needed} MB of memory: an instance with {memory_mb} MB "
+                              f"gets at most {allowed} vCPU (1 below 4 GB, 2 below 6 GB, 3 below 8 GB, 4 at 8 GB)")
 
 
 def check_core_fraction(core_fraction: int, cores: int) -> None:

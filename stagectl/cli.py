@@ -115,13 +115,15 @@ def _promote(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from stagectl.plan import project_root
-    from stagectl.promote import PromotionRefused, promote
+    from stagectl.promote import ImageCopy, PromotionRefused, promote
 
     root = project_root()
+    image = None if args.no_copy_image else ImageCopy(args.image_from, args.image_to,
+                                                       tls_verify=not args.registry_insecure)
     try:
         promotion = promote(args.source, args.target, root, endpoint=args.endpoint,
                             golden=Path(args.golden) if args.golden else None, force=args.force,
-                            dry_run=args.dry_run)
+                            dry_run=args.dry_run, image=image)
     except PromotionRefused as exc:
         print(f"stagectl promote {args.source} {args.target}: refused: {exc}", file=sys.stderr)
         return 4
@@ -187,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     prom.add_argument("--golden", help="golden input JSON {instances, labels} (default: beside the model)")
     prom.add_argument("--dry-run", action="store_true", help="run every gate and show the diff; change nothing")
     prom.add_argument("--force", action="store_true", help="allow promoting backwards or skipping a stage")
+    prom.add_argument("--image-from", metavar="REPO", help="the source stage's image repository "
+                      "(default: its image_repository output)")
+    prom.add_argument("--image-to", metavar="REPO", help="the target stage's image repository "
+                      "(default: its image_repository output)")
+    prom.add_argument("--no-copy-image", action="store_true",
+                      help="do not copy the image to the target's registry (it must be there already)")
+    prom.add_argument("--registry-insecure", action="store_true",
+                      help="reach the registries over plain HTTP, without TLS (local test registries only)")
     prom.set_defaults(func=_promote)
 
     note = sub.add_parser("mr-note", help="post FILE as the merge-request comment, updating it in place (CI)")

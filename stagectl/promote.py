@@ -10,15 +10,26 @@ ArgoCD syncs. It refuses, with a reason, unless every gate passes:
 3. smoke test: the source stage's endpoint answers the golden input with the expected labels and
    serves the pinned model version;
 4. target: the target stack, with the new pins, passes every guardrail and its budget.
+
+Each stage runs the image from its own Container Registry (its workloads hold the pull grant on
+that one only), so promotion also **copies the image by digest** from the source stage's
+repository to the target's (``skopeo copy --preserve-digests``: the target refuses a copy whose
+digest would change), tags it ``release-<12 hex of the digest>`` so lifecycle policies keep it,
+and checks that the target serves that digest. The repositories are the stacks' ``image_repository``
+outputs unless given. For ``prod`` the overlay's image ``newName`` becomes the target repository.
+Nothing is written unless every gate and the copy succeed.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import io
 import json
 import os
 import re
+import shutil
+import subprocess
 import tempfile
 import urllib.error
 import urllib.request
@@ -44,6 +55,49 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 class PromotionRefused(Exception):
     """A gate refused the promotion; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ImageCopy:
+    """The release's image goes from ``source`` to ``target`` (``<registry host>/<path>/<repository>``,
+    e.g. ``cr.yandex/<registry id>/inference``); None for either: the stack's ``image_repository``."""
+
+    source: str | None = None
+    target: str | None = None
+    tls_verify: bool = True
+
+
+def release_tag(digest: str) -> str:
+    """The tag a copied release carries in the target registry (untagged images may be collected)."""
+    return "release-" + digest.removeprefix("sha256:")[:12]
+
+
+def copy_image(source: str, target: str, digest: str, tls_verify: bool = True,
+               runner: Callable[[Sequence[str]], subprocess.CompletedProcess[bytes]] | None = None) -> str:
+    """Copy ``source@digest`` to ``target`` (tag :func:`release_tag`), keeping the digest; return the gate line."""
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        raise PromotionRefused("skopeo is not installed, and the image must be copied to the target stage's "
+                               "registry: apt-get install skopeo (or pass --no-copy-image if it is there already)")
+
+    def run(cmd: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
+        if runner is not None:
+            return runner(cmd)
+        return subprocess.run(list(cmd), capture_output=True, timeout=1800)
+
+    verify = "true" if tls_verify else "false"
+    copied = run([skopeo, "copy", "--preserve-digests", "--retry-times", "3", f"--src-tls-verify={verify}",
+                  f"--dest-tls-verify={verify}", f"docker://{source}@{digest}",
+                  f"docker://{target}:{release_tag(digest)}"])
+    if copied.returncode != 0:
+        raise PromotionRefused(f"copying the image {source}@{digest} to {target} failed: "
+                               f"{copied.stderr.decode(errors='replace').strip()[-600:]}")
+    inspected = run([skopeo, "inspect", "--raw", f"--tls-verify={verify}", f"docker://{target}@{digest}"])
+    served = "sha256:" + hashlib.sha256(inspected.stdout).hexdigest() if inspected.returncode == 0 else None
+    if served != digest:
+        raise PromotionRefused(f"after the copy {target} does not serve {digest} (got {served or 'nothing'}): the "
+                               "target stage could not pull the release")
+    return f"image: {digest[:19]}... copied to {target} (tag {release_tag(digest)}), digest unchanged"
 
 
 @dataclass
@@ -185,14 +239,16 @@ def set_release(text: str, pins: Mapping[str, str]) -> str:
     return _dump(document)
 
 
-def set_overlay_digest(text: str, digest: str, image: str = SERVICE_IMAGE) -> str:
-    """The prod overlay's kustomization with the service image's digest replaced."""
+def set_overlay_digest(text: str, digest: str, image: str = SERVICE_IMAGE, repository: str | None = None) -> str:
+    """The prod overlay's kustomization with the service image's digest (and repository) replaced."""
     document = _yaml().load(text)
     entries = [e for e in document.get("images") or [] if str(e.get("name", "")).split("/")[-1] == image]
     if not entries:
         raise PromotionRefused(f"{OVERLAY} has no images entry named {image!r}: add one with a digest")
     for entry in entries:
         entry.pop("newTag", None)
+        if repository is not None:
+            entry["newName"] = repository
         entry["digest"] = DoubleQuotedScalarString(digest)
     return _dump(document)
 
@@ -222,10 +278,21 @@ def check_target(root: Path, target: str, new_text: str) -> str:
             f"{cost.monthly_total:,.2f} {cost.currency}/month{budget}")
 
 
+def _repository(stack: str, given: str | None, runner: Callable[[Sequence[str]], str] | None) -> str:
+    repository = given or stack_output(stack, "image_repository", runner)
+    if not repository:
+        raise PromotionRefused(f"no image repository for {stack}: it is the stack output image_repository (create "
+                               f"the stage's registry first: pulumi up --stack {stack}), or pass it (--image-from/"
+                               "--image-to cr.yandex/<registry id>/inference)")
+    return repository
+
+
 def promote(source: str, target: str, root: Path, *, endpoint: str | None = None, golden: Path | None = None,
             force: bool = False, dry_run: bool = False, api_key: str | None = None,
-            output_runner: Callable[[Sequence[str]], str] | None = None) -> Promotion:
-    """Run every gate, then write the pins (unless ``dry_run``). Raises PromotionRefused."""
+            output_runner: Callable[[Sequence[str]], str] | None = None,
+            image: ImageCopy | None = None) -> Promotion:
+    """Run every gate, copy the image (``image``; None: do not copy), then write the pins (unless
+    ``dry_run``). Raises PromotionRefused."""
     promotion = Promotion(source, target, {})
     promotion.gates.append(check_order(source, target, force))
     promotion.pins = read_pins(root, source)
@@ -245,12 +312,24 @@ def promote(source: str, target: str, root: Path, *, endpoint: str | None = None
     promotion.gates.append(check_target(root, target, after))
     if after != before:
         promotion.changes[target_file] = (before, after)
+    target_repository: str | None = None
+    if image is not None:
+        source_repository = _repository(source, image.source, output_runner)
+        target_repository = _repository(target, image.target, output_runner)
+        if dry_run:
+            promotion.gates.append(f"image: would copy {source_repository}@{promotion.pins['imageDigest'][:19]}... "
+                                   f"to {target_repository} (dry run)")
+        else:
+            promotion.gates.append(copy_image(source_repository, target_repository, promotion.pins["imageDigest"],
+                                              image.tls_verify))
+    else:
+        promotion.gates.append(f"image: not copied (--no-copy-image): {target}'s registry must already hold it")
     if target == "prod":
         overlay = root / OVERLAY
         if not overlay.is_file():
             raise PromotionRefused(f"{OVERLAY} is missing: ArgoCD deploys prod from it")
         old = overlay.read_text()
-        new = set_overlay_digest(old, promotion.pins["imageDigest"])
+        new = set_overlay_digest(old, promotion.pins["imageDigest"], repository=target_repository)
         if new != old:
             promotion.changes[overlay] = (old, new)
     if not dry_run:

@@ -3,66 +3,15 @@ message; the smoke test runs against a real local inference service."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from stagectl.promote import PromotionRefused, promote, read_pins
-from tests.service.helpers import ServiceProcess, start_service
-
-ROOT = Path(__file__).resolve().parents[2]
-DIGEST = "sha256:" + "5e" * 32
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo model, its card and a golden input labelled by the model itself."""
-    import onnxruntime as ort
-
-    from stagectl.model import build_demo_model, digits_split
-
-    out = tmp_path_factory.mktemp("model") / "digits"
-    card = build_demo_model(out)
-    _, x_test, _, _ = digits_split()
-    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    probabilities = session.run([card["probabilities_output"]], {card["inputs"][0]["name"]: x_test[:8]})[0]
-    golden = {"instances": x_test[:8].tolist(), "labels": np.argmax(probabilities, axis=1).tolist()}
-    (out / "golden.json").write_text(json.dumps(golden))
-    return out
-
-
-@pytest.fixture(scope="module")
-def served(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    svc = start_service(tmp_path_factory.mktemp("svc"), MODEL_URI=str(model_dir / "model.onnx"))
-    yield svc
-    svc.stop()
-
-
-@pytest.fixture
-def project(tmp_path: Path, model_dir: Path) -> Path:
-    """A copy of the project's stack files and prod overlay, mvp pinning the served release."""
-    for name in ("Pulumi.yaml", "Pulumi.mvp.yaml", "Pulumi.partner.yaml", "Pulumi.prod.yaml"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
-    shutil.copytree(model_dir, tmp_path / "models" / "digits")
-    sha = hashlib.sha256((model_dir / "model.onnx").read_bytes()).hexdigest()
-    mvp = tmp_path / "Pulumi.mvp.yaml"
-    text = mvp.read_text()
-    old = yaml.safe_load(text)["config"]["aistack:release"]
-    mvp.write_text(text.replace(old["imageDigest"], DIGEST).replace(old["modelSha256"], sha))
-    for stage in ("partner", "prod"):  # the targets still pin an older release
-        path = tmp_path / f"Pulumi.{stage}.yaml"
-        pins = yaml.safe_load(path.read_text())["config"]["aistack:release"]
-        path.write_text(path.read_text().replace(pins["modelSha256"], "0" * 64))
-    return tmp_path
+from tests.delivery.conftest import DIGEST
 
 
 def changed_lines(before: str, after: str) -> list[tuple[str, str]]:

@@ -1,0 +1,142 @@
+"""Promotion copies the release's image into the target stage's own registry, by digest, so every
+stage runs an image its workload may pull: a real copy between local OCI registries with skopeo,
+and the stage programs' image references checked against their pull grants."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stagectl.plan import PlannedResource, run_plan
+from stagectl.promote import ImageCopy, PromotionRefused, promote, read_pins, release_tag
+from tests.delivery.conftest import project_with_release
+from tests.delivery.registries import LocalRegistry, push_small_image
+
+REPOSITORY = "crp-stage/inference"
+
+
+@pytest.fixture
+def registries(tmp_path: Path) -> Iterator[dict[str, LocalRegistry]]:
+    """One registry per stage, as each stage owns its Container Registry."""
+    started = {stage: LocalRegistry(tmp_path / f"registry-{stage}") for stage in ("mvp", "partner", "prod")}
+    yield started
+    for registry in started.values():
+        registry.stop()
+
+
+@pytest.fixture
+def released(registries: dict[str, LocalRegistry], tmp_path: Path, model_dir: Path) -> tuple[Path, str]:
+    """The build job's image in mvp's registry, and a project whose mvp pins it."""
+    digest = push_small_image(registries["mvp"], REPOSITORY, tmp_path / "build")
+    return project_with_release(tmp_path / "project", model_dir, digest), digest
+
+
+def repo(registries: dict[str, LocalRegistry], stage: str) -> str:
+    return f"{registries[stage].host}/{REPOSITORY}"
+
+
+def test_promotion_copies_the_image_by_digest(released, registries, served):
+    project, digest = released
+    assert not registries["partner"].serves(REPOSITORY, digest)
+    result = promote("mvp", "partner", project, endpoint=served.base,
+                     image=ImageCopy(repo(registries, "mvp"), repo(registries, "partner"), tls_verify=False))
+    assert registries["partner"].serves(REPOSITORY, digest)
+    assert registries["partner"].tags(REPOSITORY) == [release_tag(digest)]
+    assert f"image: {digest[:19]}... copied to {repo(registries, 'partner')} (tag {release_tag(digest)}), " \
+           "digest unchanged" in result.gates
+    assert read_pins(project, "partner")["imageDigest"] == digest
+
+
+def test_prod_promotion_names_prods_registry_in_the_overlay(released, registries, served):
+    project, digest = released
+    copy = {"tls_verify": False}
+    promote("mvp", "partner", project, endpoint=served.base,
+            image=ImageCopy(repo(registries, "mvp"), repo(registries, "partner"), **copy))
+    promote("partner", "prod", project, endpoint=served.base,
+            image=ImageCopy(repo(registries, "partner"), repo(registries, "prod"), **copy))
+    (entry,) = yaml.safe_load((project / "deploy/overlays/prod/kustomization.yaml").read_text())["images"]
+    assert entry == {"name": "inference", "newName": repo(registries, "prod"), "digest": digest}
+    assert registries["prod"].serves(REPOSITORY, digest)
+
+
+def test_a_failed_copy_writes_nothing(released, registries, served):
+    project, _ = released
+    registries["partner"].stop()
+    before = (project / "Pulumi.partner.yaml").read_text()
+    with pytest.raises(PromotionRefused, match=r"copying the image .* to .* failed"):
+        promote("mvp", "partner", project, endpoint=served.base,
+                image=ImageCopy(repo(registries, "mvp"), repo(registries, "partner"), tls_verify=False))
+    assert (project / "Pulumi.partner.yaml").read_text() == before
+
+
+def test_an_image_missing_from_the_source_is_refused(released, registries, served):
+    project, digest = released
+    mvp = project / "Pulumi.mvp.yaml"
+    mvp.write_text(mvp.read_text().replace(digest, "sha256:" + "0" * 64))
+    with pytest.raises(PromotionRefused, match="copying the image"):
+        promote("mvp", "partner", project, endpoint=served.base,
+                image=ImageCopy(repo(registries, "mvp"), repo(registries, "partner"), tls_verify=False))
+
+
+def test_the_cli_copies_unless_told_not_to(released, registries, served):
+    project, digest = released
+    command = [sys.executable, "-m", "stagectl", "promote", "mvp", "partner", "--endpoint", served.base]
+    without_repositories = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=300)
+    assert without_repositories.returncode == 4
+    assert "no image repository for mvp: it is the stack output image_repository" in without_repositories.stderr
+    copied = subprocess.run([*command, "--image-from", repo(registries, "mvp"), "--image-to",
+                             repo(registries, "partner"), "--registry-insecure"], cwd=project, capture_output=True,
+                            text=True, timeout=300)
+    assert copied.returncode == 0, copied.stderr
+    assert f"ok  image: {digest[:19]}... copied to" in copied.stdout
+    assert registries["partner"].serves(REPOSITORY, digest)
+
+
+# --- what each stage runs, and who may pull it ------------------------------------------------------------
+
+def _pullers(plan_resources: list[PlannedResource]) -> dict[str, list[str]]:
+    """Registry id placeholder -> the members of its puller binding."""
+    return {r.inputs["registryId"]: r.inputs["members"] for r in plan_resources
+            if r.type.endswith(":ContainerRegistryIamBinding")
+            and r.inputs["role"] == "container-registry.images.puller"}
+
+
+def _repository_of(plan_resources: list[PlannedResource]) -> str:
+    (registry,) = [r for r in plan_resources if r.type.endswith(":ContainerRegistry")]
+    return f"cr.yandex/({registry.name}.id)/inference"
+
+
+def test_every_stage_runs_an_image_from_a_registry_its_workload_may_pull(released, registries, served):
+    project, digest = released
+    copy = {"tls_verify": False}
+    promote("mvp", "partner", project, endpoint=served.base,
+            image=ImageCopy(repo(registries, "mvp"), repo(registries, "partner"), **copy))
+    promote("partner", "prod", project, endpoint=served.base,
+            image=ImageCopy(repo(registries, "partner"), repo(registries, "prod"), **copy))
+
+    mvp = run_plan("mvp", project).resources
+    container = next(r for r in mvp if r.type.endswith(":ServerlessContainer")).inputs
+    assert container["image"]["url"] == f"{_repository_of(mvp)}@{digest}"
+    members = _pullers(mvp)["(mvp-images-registry.id)"]
+    assert f"serviceAccount:{container['serviceAccountId']}" in members
+
+    partner = run_plan("partner", project).resources
+    vm = next(r for r in partner if r.type.endswith(":ComputeInstance")).inputs
+    compose = yaml.safe_load(vm["metadata"]["docker-compose"])
+    assert compose["services"]["inference"]["image"] == f"{_repository_of(partner)}@{digest}"
+    assert f"serviceAccount:{vm['serviceAccountId']}" in _pullers(partner)["(partner-images-registry.id)"]
+
+    prod = run_plan("prod", project).resources
+    (entry,) = yaml.safe_load((project / "deploy/overlays/prod/kustomization.yaml").read_text())["images"]
+    assert (entry["newName"], entry["digest"]) == (repo(registries, "prod"), digest)
+    cluster = next(r for r in prod if r.type.endswith(":KubernetesCluster")).inputs
+    assert f"serviceAccount:{cluster['nodeServiceAccountId']}" in _pullers(prod)["(prod-images-registry.id)"]
+    tf = next(r for r in prod if r.name == "prod-tf-serving-deployment").inputs
+    (fetch,) = tf["spec"]["template"]["spec"]["initContainers"]
+    assert fetch["image"] == f"{_repository_of(prod)}@{digest}"
+    assert read_pins(project, "prod")["imageDigest"] == digest
