@@ -37,6 +37,25 @@ S3_ENDPOINT_HOST = "storage.yandexcloud.net"
 S3_REGION = "ru-central1"
 #: The Secret of the service's namespace that holds the ClickHouse settings (``envFrom`` in deploy/).
 CLICKHOUSE_SECRET = "backend-clickhouse"
+#: The ConfigMap with Yandex's internal root CA, which signs Managed ClickHouse's certificates; the
+#: backend (deploy/base) mounts it at CA_DIR and points CLICKHOUSE_CA_FILE at CA_DIR/CA_KEY.
+CA_CONFIGMAP = "yandex-ca"
+CA_KEY = "CA.pem"
+CA_DIR = "/etc/yandex-ca"
+#: Where Yandex publishes that CA (Managed Databases' "Connecting" pages).
+YANDEX_CA_URL = "https://storage.yandexcloud.net/cloud-certs/CA.pem"
+
+
+def clickhouse_env(host: str, port: int, database: str, user: str, password: str) -> dict[str, str]:
+    """The backend's ClickHouse settings, as the Secret it reads with ``envFrom`` holds them."""
+    return {
+        "CLICKHOUSE_HOST": host,
+        "CLICKHOUSE_PORT": str(port),
+        "CLICKHOUSE_DATABASE": database,
+        "CLICKHOUSE_USER": user,
+        "CLICKHOUSE_PASSWORD": password,
+        "CLICKHOUSE_SECURE": "true",
+    }
 INGRESS_CLASS = "nginx"
 
 
@@ -199,13 +218,19 @@ class AppNamespaceArgs:
     clickhouse_user: str
     #: The ClickHouse password: a Pulumi secret.
     clickhouse_password: pulumi.Input[str]
+    #: Yandex's internal root CA (PEM): the backend verifies ClickHouse's certificate with it.
+    ca_pem: str
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
+        if "-----BEGIN CERTIFICATE-----" not in self.ca_pem:
+            raise ValidationError("the Yandex CA is not a PEM certificate: download it again from "
+                                  f"{YANDEX_CA_URL}")
 
 
 class AppNamespace(K8sComponent):
-    """The namespace of the service and TF Serving (ArgoCD syncs deploy/ into it) and the ClickHouse Secret."""
+    """The namespace of the service and TF Serving (ArgoCD syncs deploy/ into it), the ClickHouse Secret
+    and Yandex's CA."""
 
     component = "app"
 
@@ -222,15 +247,15 @@ class AppNamespace(K8sComponent):
                 type="Opaque",
                 string_data=pulumi.Output.secret(pulumi.Output.all(
                     host=args.clickhouse_host, password=args.clickhouse_password,
-                ).apply(lambda v: {
-                    "CLICKHOUSE_HOST": v["host"] or "",
-                    "CLICKHOUSE_PORT": str(args.clickhouse_port),
-                    "CLICKHOUSE_DATABASE": args.clickhouse_database,
-                    "CLICKHOUSE_USER": args.clickhouse_user,
-                    "CLICKHOUSE_PASSWORD": v["password"] or "",
-                    "CLICKHOUSE_SECURE": "true",
-                })),
+                ).apply(lambda v: clickhouse_env(v["host"] or "", args.clickhouse_port, args.clickhouse_database,
+                                                 args.clickhouse_user, v["password"] or ""))),
             ),
+            opts=self.kchild(),
+        )
+        self.ca = k8s.core.v1.ConfigMap(
+            self.child_name("yandex-ca"),
+            k8s.core.v1.ConfigMapInitArgs(metadata=meta(CA_CONFIGMAP, self.ns.metadata.name, self.k8s_labels),
+                                          data={CA_KEY: args.ca_pem}),
             opts=self.kchild(),
         )
         self.register_outputs({"namespace": self.name})

@@ -485,6 +485,9 @@ class ClickhouseSettings(Settings):
     replicas: int = Field(1, ge=clickhouse.REPLICAS_RANGE[0], le=clickhouse.REPLICAS_RANGE[1])
     #: ``none`` or ``embedded-keeper`` (3+ hosts): chosen once, when the cluster is created.
     coordination: clickhouse.Coordination = "none"
+    #: Yandex's internal root CA, which signs Managed ClickHouse's certificates (the backend verifies
+    #: them with it): download it here before `pulumi up` (README, "Deploying for real").
+    ca_file: str = "build/yandex-ca.pem"
     database: str = "predictions"
     user: str = "inference"
     deletion_protection: bool = True

@@ -36,6 +36,7 @@ from components.k8s_platform import (
     ECK_CHART,
     GPU_OPERATOR_CHART,
     INGRESS_NGINX_CHART,
+    YANDEX_CA_URL,
     AppNamespace,
     AppNamespaceArgs,
     IngressController,
@@ -47,7 +48,7 @@ from components.registry import ImageRegistry, ImageRegistryArgs
 from components.storage import ModelStore, model_object_key
 from components.tfserving import BACKEND_APP, TfServing, TfServingArgs
 from stacks.common import model_store_args
-from stacks.config import PROJECT, ProdConfig
+from stacks.config import PROJECT, ConfigError, ProdConfig
 
 REPO_TOKEN_KEY = "gitopsRepoToken"
 #: The directory (below the model's prefix) that holds TF Serving's version directories.
@@ -57,6 +58,23 @@ TF_MODEL_DIR = "tf"
 def tf_model_prefix(cfg: ProdConfig) -> str:
     """``models/<name>/<sha256>/tf``: where the model publisher puts the SavedModel versions."""
     return model_object_key(cfg.storage.model_prefix, cfg.model.name, cfg.release.model_sha256, TF_MODEL_DIR)
+
+
+#: What the offline plan and previews carry while the CA file is not there yet (never deployed).
+_CA_PLACEHOLDER = "-----BEGIN CERTIFICATE-----\n(downloaded before pulumi up)\n-----END CERTIFICATE-----\n"
+
+
+def yandex_ca(cfg: ProdConfig, root: Path) -> str:
+    """Yandex's internal root CA from ``clickhouse.caFile``; a placeholder in previews while it is
+    missing, an error on ``pulumi up`` (the backend could not verify ClickHouse without it)."""
+    path = root / cfg.clickhouse.ca_file
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    fetch = f"curl -fsSL --create-dirs -o {cfg.clickhouse.ca_file} {YANDEX_CA_URL}"
+    if pulumi.runtime.is_dry_run():
+        return _CA_PLACEHOLDER
+    raise ConfigError(f"{cfg.clickhouse.ca_file} is missing: the service verifies Managed ClickHouse's certificate "
+                      f"with Yandex's CA; download it first: {fetch}")
 
 
 def program(cfg: ProdConfig, root: Path) -> None:
@@ -160,7 +178,7 @@ def program(cfg: ProdConfig, root: Path) -> None:
         f"{prefix}-app",
         AppNamespaceArgs(namespace=gitops.namespace, clickhouse_host=ch.host, clickhouse_port=ch.port,
                          clickhouse_database=ch.database_name, clickhouse_user=ch.user_name,
-                         clickhouse_password=ch.password.result),
+                         clickhouse_password=ch.password.result, ca_pem=yandex_ca(cfg, root)),
         labels, provider,
     )
     tf = cfg.tf_serving

@@ -327,8 +327,7 @@ def test_filebeat_ships_container_logs_from_every_node_with_ilm_retention():
     assert log_input["paths"] == ["/var/log/containers/*.log"]
     assert config["setup.ilm.enabled"] is True
     assert config["setup.ilm.policy_file"] == f"{ILM_MOUNT}/policy.json"
-    (configmap,) = objects_of({"ConfigMap"})
-    assert configmap["metadata"]["name"] == ILM_CONFIGMAP
+    (configmap,) = [c for c in objects_of({"ConfigMap"}) if c["metadata"]["name"] == ILM_CONFIGMAP]
     policy = json.loads(configmap["data"]["policy.json"])["policy"]["phases"]
     assert policy["delete"] == {"min_age": f"{cfg.elk.log_retention_days}d", "actions": {"delete": {}}}
     assert policy["hot"]["actions"]["rollover"]["max_age"] == "1d"
