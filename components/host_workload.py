@@ -39,6 +39,7 @@ from components.network import (
     TRITON_HTTP_PORT,
     TRITON_METRICS_PORT,
 )
+from components.tls import TlsEndpoint, caddy_service
 from components.yamltext import dump_yaml
 
 CONFIG_ROOT = "/opt/aistack"
@@ -144,6 +145,8 @@ class GpuHostWorkload:
     max_instances: int = 64
     prometheus_retention_days: int = 15
     thresholds: AlertThresholds = field(default_factory=AlertThresholds)
+    #: HTTPS in front of the service (Caddy with a Let's Encrypt certificate); None: plain HTTP on 8080.
+    tls: TlsEndpoint | None = None
 
     def __post_init__(self) -> None:
         if "@sha256:" not in self.inference_image:
@@ -294,9 +297,13 @@ def compose_document(w: GpuHostWorkload) -> dict[str, Any]:
             "logging": _LOGGING,
         },
     }
+    if w.tls is not None:
+        services["tls"] = caddy_service(w.tls, f"inference:{SERVICE_PORT}", "inference", _LOGGING)
     tmpfs = {"driver": "local", "driver_opts": {"type": "tmpfs", "device": "tmpfs", "o": "size=1m,mode=0755"}}
     volumes: dict[str, Any] = {f"secrets-{c}": tmpfs for c in _CONSUMERS}
     volumes.update({"spool": {}, "prometheus-data": {}, "grafana-data": {}})
+    if w.tls is not None:
+        volumes.update({"caddy-data": {}, "caddy-config": {}})
     return {"services": services, "volumes": volumes}
 
 

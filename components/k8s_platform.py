@@ -56,6 +56,8 @@ def clickhouse_env(host: str, port: int, database: str, user: str, password: str
         "CLICKHOUSE_PASSWORD": password,
         "CLICKHOUSE_SECURE": "true",
     }
+
+
 INGRESS_CLASS = "nginx"
 
 

@@ -256,13 +256,23 @@ class StageNetwork(StageComponent):
 
 # --- the partner stage's rule sets -------------------------------------------------------------
 
+HTTPS_PORT = 443
+HTTP_PORT = 80
+
+
 def inference_host_rules(vpc_cidrs: Sequence[str], service_cidrs: Sequence[str], admin_cidrs: Sequence[str],
-                         ssh: bool) -> SecurityGroupSpec:
-    """The GPU host: the service API to ``service_cidrs``; Triton, Prometheus and Grafana to the VPC
-    and the admin CIDRs; SSH from the admin CIDRs only when ``ssh``; all egress."""
+                         ssh: bool, tls: bool = False) -> SecurityGroupSpec:
+    """The GPU host: the service API to ``service_cidrs`` (with ``tls``: HTTPS on 443 and the redirect
+    on 80, and the service's own port only to the VPC and the admin CIDRs); Triton, Prometheus and
+    Grafana to the VPC and the admin CIDRs; SSH from the admin CIDRs only when ``ssh``; all egress."""
     internal = _dedupe([*vpc_cidrs, *admin_cidrs])
+    public = _dedupe(service_cidrs)
+    api = [SgRule("inference service API over HTTPS (TLS proxy)", port=HTTPS_PORT, cidrs=public),
+           SgRule("HTTP: redirect to HTTPS, ACME challenges", port=HTTP_PORT, cidrs=public),
+           SgRule("inference service port (behind the TLS proxy)", port=SERVICE_PORT, cidrs=internal)] if tls else \
+        [SgRule("inference service API", port=SERVICE_PORT, cidrs=public)]
     ingress = [
-        SgRule("inference service API", port=SERVICE_PORT, cidrs=_dedupe(service_cidrs)),
+        *api,
         SgRule("Triton HTTP, gRPC and metrics", from_port=TRITON_HTTP_PORT, to_port=TRITON_METRICS_PORT,
                cidrs=internal),
         SgRule("Prometheus", port=PROMETHEUS_PORT, cidrs=internal),

@@ -36,6 +36,7 @@ from components import (
     serverless,
     storage,
     tfserving,
+    tls,
 )
 from components.base import ValidationError as LimitError
 from components.base import check_labels
@@ -243,6 +244,31 @@ class TritonSettings(Settings):
     instance_count: int = Field(1, ge=1, le=16)
 
 
+class TlsSettings(Settings):
+    """HTTPS on the stage's endpoint with a Let's Encrypt certificate (components/tls.py)."""
+
+    #: Off only on a private network: the API key and predictions would cross it in plain text.
+    enabled: bool = True
+    #: The DNS name clients use; an A record of the stage's address (output ingress_address/host_ip).
+    host: Annotated[str, _check(tls.check_host)] | None = None
+    #: Let's Encrypt's contact for the certificate.
+    email: Annotated[str, _check(tls.check_email)] | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> TlsSettings:
+        if self.enabled and (self.host is None or self.email is None):
+            missing = " and ".join(k for k, v in (("tls.host", self.host), ("tls.email", self.email)) if v is None)
+            raise LimitError(f"TLS is on but {missing} is not set: give the endpoint's DNS name (an A record of the "
+                             "stage's address) and an e-mail for Let's Encrypt, or set tls.enabled to false on a "
+                             "private network")
+        return self
+
+    def endpoint(self) -> tls.TlsEndpoint | None:
+        if not self.enabled or self.host is None or self.email is None:
+            return None
+        return tls.TlsEndpoint(self.host, self.email)
+
+
 class HostServiceSettings(Settings):
     """The inference service container on the GPU host."""
 
@@ -313,6 +339,15 @@ class PartnerConfig(StageConfig):
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    @field_validator("tls")
+    @classmethod
+    def _acme_reaches_the_host(cls, value: TlsSettings, info: ValidationInfo) -> TlsSettings:
+        net = info.data.get("network")
+        if value.enabled and net is not None:
+            tls.check_reachable_for_acme(net.service_cidrs, "network.serviceCidrs")
+        return value
 
     @field_validator("gpu_host")
     @classmethod
@@ -436,8 +471,9 @@ class ChartSettings(Settings):
     eck_operator: str = ECK_CHART.version
     gpu_operator: str = GPU_OPERATOR_CHART.version
     ingress_nginx: str = INGRESS_NGINX_CHART.version
+    cert_manager: str = tls.CERT_MANAGER_CHART.version
 
-    @field_validator("argocd", "eck_operator", "gpu_operator", "ingress_nginx")
+    @field_validator("argocd", "eck_operator", "gpu_operator", "ingress_nginx", "cert_manager")
     @classmethod
     def _pinned(cls, value: str, info: ValidationInfo) -> str:
         check_chart_version(to_camel(str(info.field_name)), value)
@@ -513,6 +549,15 @@ class ProdConfig(StageConfig):
     elk: ElkSettings = Field(default_factory=ElkSettings)
     tf_serving: TfServingSettings = Field(default_factory=TfServingSettings)
     clickhouse: ClickhouseSettings = Field(default_factory=ClickhouseSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    @field_validator("tls")
+    @classmethod
+    def _acme_reaches_the_ingress(cls, value: TlsSettings, info: ValidationInfo) -> TlsSettings:
+        net = info.data.get("network")
+        if value.enabled and net is not None:
+            tls.check_reachable_for_acme(net.ingress_cidrs, "network.ingressCidrs")
+        return value
 
     @field_validator("network")
     @classmethod

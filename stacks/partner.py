@@ -35,7 +35,8 @@ RUNNER_TOKEN_KEY = "gitlabRunnerToken"
 def _security_groups(cfg: PartnerConfig) -> dict[str, network.SecurityGroupSpec]:
     net = cfg.network
     groups = {
-        "inference": network.inference_host_rules([net.cidr], net.service_cidrs, net.admin_cidrs, cfg.ssh.enabled),
+        "inference": network.inference_host_rules([net.cidr], net.service_cidrs, net.admin_cidrs, cfg.ssh.enabled,
+                                                  tls=cfg.tls.enabled),
         "database": network.database_rules("inference"),
     }
     if cfg.runner.enabled:
@@ -126,6 +127,8 @@ def program(cfg: PartnerConfig, root: Path) -> None:
                                  gpu_utilisation_percent=mon.gpu_utilisation_percent)
     assert workload.secret_id is not None
 
+    endpoint = cfg.tls.endpoint()
+
     def host_workload(v: dict[str, Any]) -> GpuHostWorkload:
         return GpuHostWorkload(
             stage=cfg.stage,
@@ -142,6 +145,7 @@ def program(cfg: PartnerConfig, root: Path) -> None:
             max_instances=cfg.service.max_instances,
             prometheus_retention_days=mon.prometheus_retention_days,
             thresholds=thresholds,
+            tls=endpoint,
         )
 
     spec = pulumi.Output.all(
@@ -167,7 +171,8 @@ def program(cfg: PartnerConfig, root: Path) -> None:
         opts=pulumi.ResourceOptions(depends_on=[triton, db, grafana, store]),
     )
 
-    pulumi.export("service_url", host.url(network.SERVICE_PORT))
+    pulumi.export("service_url", endpoint.url if endpoint is not None else host.url(network.SERVICE_PORT))
+    pulumi.export("host_ip", host.public_ip)
     pulumi.export("grafana_url", host.url(network.GRAFANA_PORT))
     pulumi.export("prometheus_url", host.url(network.PROMETHEUS_PORT))
     pulumi.export("postgres_host", db.host)

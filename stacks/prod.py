@@ -47,6 +47,7 @@ from components.network import StageNetwork, StageNetworkArgs, SubnetSpec
 from components.registry import ImageRegistry, ImageRegistryArgs
 from components.storage import ModelStore, model_object_key
 from components.tfserving import BACKEND_APP, TfServing, TfServingArgs
+from components.tls import CERT_MANAGER_CHART, CertManager, CertManagerArgs
 from stacks.common import model_store_args
 from stacks.config import PROJECT, ConfigError, ProdConfig
 
@@ -173,6 +174,15 @@ def program(cfg: ProdConfig, root: Path) -> None:
                               chart=dataclasses.replace(INGRESS_NGINX_CHART, version=charts.ingress_nginx)),
         labels, provider,
     )
+    endpoint = cfg.tls.endpoint()
+    certificates = None
+    if endpoint is not None:
+        certificates = CertManager(
+            f"{prefix}-cert-manager",
+            CertManagerArgs(email=endpoint.email,
+                            chart=dataclasses.replace(CERT_MANAGER_CHART, version=charts.cert_manager)),
+            labels, provider,
+        )
     gitops = cfg.gitops
     app = AppNamespace(
         f"{prefix}-app",
@@ -211,11 +221,12 @@ def program(cfg: ProdConfig, root: Path) -> None:
                    chart=dataclasses.replace(ARGOCD_CHART, version=charts.argocd),
                    repo_token=pulumi.Config(PROJECT).get_secret(REPO_TOKEN_KEY), repo_username=gitops.repo_username),
         labels, provider,
-        opts=pulumi.ResourceOptions(depends_on=[app, tf_serving, ingress]),
+        opts=pulumi.ResourceOptions(depends_on=[app, tf_serving, ingress, *([certificates] if certificates else [])]),
     )
 
     pulumi.export("ingress_address", ingress.ip)
-    pulumi.export("service_url", ingress.ip.apply(lambda ip: f"http://{ip}/" if ip else None))
+    pulumi.export("service_url", endpoint.url if endpoint is not None else
+                  ingress.ip.apply(lambda ip: f"http://{ip}/" if ip else None))
     pulumi.export("argocd_url", argocd.url)
     pulumi.export("kibana_url", elk.kibana_url)
     pulumi.export("tf_serving_url", tf_serving.url)

@@ -56,7 +56,7 @@ def tool(name: str) -> str:
     local = Path(sys.executable).parent / name
     found = str(local) if local.exists() else shutil.which(name)
     assert found, (f"{name} is not installed: run scripts/install-test-deps.sh (Debian packages) and "
-                   "pip install -e '.[dev]'")
+                   "make venv-dev (the dev lock)")
     return found
 
 

@@ -21,8 +21,8 @@ from tests.infra.test_mvp_stack import REQUIRED_LABELS, labelled_field
 
 PASSWORD = "Generated-Password-0123456789xyz"
 TOKEN = "glrt-SECRET-runner-token-value"
-OUTPUTS = {"service_url", "grafana_url", "prometheus_url", "postgres_host", "postgres_database", "postgres_user",
-           "bucket_name", "registry_id", "image_repository", "triton_repository", "model_uri"}
+OUTPUTS = {"service_url", "host_ip", "grafana_url", "prometheus_url", "postgres_host", "postgres_database",
+           "postgres_user", "bucket_name", "registry_id", "image_repository", "triton_repository", "model_uri"}
 
 
 @pytest.fixture
@@ -129,7 +129,8 @@ def test_outputs_and_no_warnings_for_a_pinned_model(run_stack, model):
     rec = run_stack("partner", config_for(model))
     assert set(rec.plan.outputs) == OUTPUTS
     outputs = rec.plan.outputs
-    assert outputs["service_url"] == outputs["grafana_url"] == "[computed]"
+    assert outputs["service_url"] == "https://partner.aistack.example.com/"
+    assert outputs["grafana_url"] == outputs["host_ip"] == "[computed]"
     assert outputs["postgres_host"] == "c-(partner-db-cluster.id).rw.mdb.yandexcloud.net"
     assert outputs["triton_repository"] == (
         f"s3://https://storage.yandexcloud.net:443/aistack-partner-b1gexamplefolder0prt/models/digits/{sha}/triton")

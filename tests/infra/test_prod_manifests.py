@@ -44,7 +44,7 @@ from tests.infra.conftest import ROOT, stack_config
 DEPLOY = ROOT / "deploy"
 OVERLAY = DEPLOY / "overlays" / "prod"
 JS = ROOT / "tests" / "js"
-CUSTOM_KINDS = {"Application", "AppProject", "Elasticsearch", "Kibana", "Beat"}
+CUSTOM_KINDS = {"Application", "AppProject", "Elasticsearch", "Kibana", "Beat", "ClusterIssuer"}
 KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "namespace", "labels", "images", "patches"}
 
 #: Spec fields of the ECK resources (ECK 2.14 API reference: ElasticsearchSpec, NodeSet, KibanaSpec,

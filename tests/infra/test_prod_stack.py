@@ -235,7 +235,8 @@ def test_helm_charts_are_pinned_to_the_configured_versions(run_stack, model):
     rec = run_stack("prod", config_for(model, charts={"argocd": "7.8.0"}))
     releases = {r.inputs["chart"]: r.inputs for r in rec.of_type("Release")}
     assert {chart: release["version"] for chart, release in releases.items()} == {
-        "argo-cd": "7.8.0", "eck-operator": "2.14.0", "gpu-operator": "v24.9.2", "ingress-nginx": "4.11.3"}
+        "argo-cd": "7.8.0", "eck-operator": "2.14.0", "gpu-operator": "v24.9.2", "ingress-nginx": "4.11.3",
+        "cert-manager": "v1.21.1"}
     for chart, release in releases.items():
         assert SEMVER.match(release["version"]), chart
         assert release["repositoryOpts"]["repo"].startswith("https://"), chart
