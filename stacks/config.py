@@ -269,6 +269,14 @@ class TlsSettings(Settings):
         return tls.TlsEndpoint(self.host, self.email)
 
 
+def _acme_reachable(value: TlsSettings, info: ValidationInfo, cidrs_field: str) -> TlsSettings:
+    """With TLS on, the network field ``cidrs_field`` must let Let's Encrypt in."""
+    net = info.data.get("network")
+    if value.enabled and net is not None:
+        tls.check_reachable_for_acme(getattr(net, cidrs_field), f"network.{to_camel(cidrs_field)}")
+    return value
+
+
 class HostServiceSettings(Settings):
     """The inference service container on the GPU host."""
 
@@ -344,10 +352,7 @@ class PartnerConfig(StageConfig):
     @field_validator("tls")
     @classmethod
     def _acme_reaches_the_host(cls, value: TlsSettings, info: ValidationInfo) -> TlsSettings:
-        net = info.data.get("network")
-        if value.enabled and net is not None:
-            tls.check_reachable_for_acme(net.service_cidrs, "network.serviceCidrs")
-        return value
+        return _acme_reachable(value, info, "service_cidrs")
 
     @field_validator("gpu_host")
     @classmethod
@@ -554,10 +559,7 @@ class ProdConfig(StageConfig):
     @field_validator("tls")
     @classmethod
     def _acme_reaches_the_ingress(cls, value: TlsSettings, info: ValidationInfo) -> TlsSettings:
-        net = info.data.get("network")
-        if value.enabled and net is not None:
-            tls.check_reachable_for_acme(net.ingress_cidrs, "network.ingressCidrs")
-        return value
+        return _acme_reachable(value, info, "ingress_cidrs")
 
     @field_validator("network")
     @classmethod

@@ -40,6 +40,12 @@ def repo(registries: dict[str, LocalRegistry], stage: str) -> str:
     return f"{registries[stage].host}/{REPOSITORY}"
 
 
+def promote_through_every_stage(project: Path, registries: dict[str, LocalRegistry], endpoint: str) -> None:
+    for source, target in (("mvp", "partner"), ("partner", "prod")):
+        promote(source, target, project, endpoint=endpoint,
+                image=ImageCopy(repo(registries, source), repo(registries, target), tls_verify=False))
+
+
 def test_promotion_copies_the_image_by_digest(released, registries, served):
     project, digest = released
     assert not registries["partner"].serves(REPOSITORY, digest)
@@ -54,11 +60,7 @@ def test_promotion_copies_the_image_by_digest(released, registries, served):
 
 def test_prod_promotion_names_prods_registry_in_the_overlay(released, registries, served):
     project, digest = released
-    copy = {"tls_verify": False}
-    promote("mvp", "partner", project, endpoint=served.base,
-            image=ImageCopy(repo(registries, "mvp"), repo(registries, "partner"), **copy))
-    promote("partner", "prod", project, endpoint=served.base,
-            image=ImageCopy(repo(registries, "partner"), repo(registries, "prod"), **copy))
+    promote_through_every_stage(project, registries, served.base)
     (entry,) = yaml.safe_load((project / "deploy/overlays/prod/kustomization.yaml").read_text())["images"]
     assert entry == {"name": "inference", "newName": repo(registries, "prod"), "digest": digest}
     assert registries["prod"].serves(REPOSITORY, digest)
@@ -113,11 +115,7 @@ def _repository_of(plan_resources: list[PlannedResource]) -> str:
 
 def test_every_stage_runs_an_image_from_a_registry_its_workload_may_pull(released, registries, served):
     project, digest = released
-    copy = {"tls_verify": False}
-    promote("mvp", "partner", project, endpoint=served.base,
-            image=ImageCopy(repo(registries, "mvp"), repo(registries, "partner"), **copy))
-    promote("partner", "prod", project, endpoint=served.base,
-            image=ImageCopy(repo(registries, "partner"), repo(registries, "prod"), **copy))
+    promote_through_every_stage(project, registries, served.base)
 
     mvp = run_plan("mvp", project).resources
     container = next(r for r in mvp if r.type.endswith(":ServerlessContainer")).inputs
