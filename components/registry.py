@@ -11,12 +11,14 @@ from components.base import StageComponent
 from components.yc import yandex
 
 REGISTRY_HOST = "cr.yandex"
+#: The repository the service image is pushed to in every stage's registry.
+SERVICE_REPOSITORY = "inference"
 
 
 @dataclass(frozen=True)
 class ImageRegistryArgs:
     folder_id: str
-    repository: str = "inference"
+    repository: str = SERVICE_REPOSITORY
     #: Service account ids allowed to pull images.
     pullers: Sequence[pulumi.Input[str]] = field(default_factory=list)
 

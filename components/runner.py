@@ -1,4 +1,5 @@
-"""A GitLab Runner (docker executor) on a small Compute instance, registered with a secret token.
+"""A GitLab Runner (docker executor, privileged job containers for buildah) on a small Compute
+instance, registered with a secret token.
 
 The VM (Ubuntu 22.04 LTS, no public address: egress through the network's NAT gateway) is set up
 entirely by cloud-init: Docker from the distribution's packages, then ``gitlab/gitlab-runner``
@@ -88,6 +89,10 @@ def runner_user_data(args: GitlabRunnerArgs, token_secret_id: str, name: str) ->
         "docker run --rm -e CI_SERVER_TOKEN", f"-v {CONFIG_DIR}:/etc/gitlab-runner", shlex.quote(args.runner_image),
         "register --non-interactive", f"--url {shlex.quote(args.gitlab_url)}", "--executor docker",
         f"--docker-image {shlex.quote(args.job_image)}", f"--description {shlex.quote(name)}",
+        # the `test` and `build` jobs build images with buildah (vfs storage, chroot isolation),
+        # which mounts inside the job's container: the job containers run privileged. The runner is
+        # this project's own (not shared), and a fork's merge requests run in the fork's project.
+        "--docker-privileged",
     ])
     run = (f"docker run -d --name gitlab-runner --restart always -v {CONFIG_DIR}:/etc/gitlab-runner "
            f"-v /var/run/docker.sock:/var/run/docker.sock {shlex.quote(args.runner_image)}")

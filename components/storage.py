@@ -90,6 +90,9 @@ class ModelStoreArgs:
     #: Service accounts that read the bucket (models) and write prediction logs.
     readers: Sequence[pulumi.Input[str]] = field(default_factory=list)
     writers: Sequence[pulumi.Input[str]] = field(default_factory=list)
+    #: Local TensorFlow SavedModel versions (``<dir>/<version>/saved_model.pb``, what TF Serving
+    #: reads) to upload below the model's key as ``tf/<version>/...``; None: not served by TF.
+    saved_model_dir: str | None = None
 
     def __post_init__(self) -> None:
         check_bucket_name(self.bucket_name)
@@ -230,6 +233,8 @@ class ModelStore(StageComponent):
             opts=self.child(),
         )
 
+        self.saved_model_objects = self._saved_model(args) if args.saved_model_dir else []
+
         self.bucket_name: pulumi.Output[str] = self.bucket.bucket
         self.model_uri: pulumi.Output[str] = pulumi.Output.concat("s3://", self.bucket.bucket, "/", self.model_key)
         self.log_uri: pulumi.Output[str] = pulumi.Output.concat("s3://", self.bucket.bucket, "/", args.log_prefix)
@@ -239,3 +244,35 @@ class ModelStore(StageComponent):
             "log_uri": self.log_uri,
             "kms_key_id": self.kms_key.id,
         })
+
+    def _saved_model(self, args: ModelStoreArgs) -> list[yandex.StorageObject]:
+        """One object per file of every SavedModel version, keyed ``<model key>/tf/<version>/...``."""
+        root = Path(str(args.saved_model_dir))
+        versions = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)) \
+            if root.is_dir() else []
+        versions = [v for v in versions if (v / "saved_model.pb").is_file()]
+        if not versions:
+            message = (f"no TensorFlow SavedModel under {root} (<version>/saved_model.pb): TF Serving would find no "
+                       f"model; it is part of the release: `stagectl model export-tf --model-dir {root.parent}` "
+                       "writes it from model.onnx")
+            if not pulumi.runtime.is_dry_run():
+                raise ValidationError(message)
+            pulumi.log.warn(message)
+            return []
+        objects = []
+        for version in versions:
+            for path in sorted(p for p in version.rglob("*") if p.is_file()):
+                relative = path.relative_to(root).as_posix()
+                objects.append(yandex.StorageObject(
+                    self.child_name(f"saved-model-{relative.replace('/', '-').replace('.', '-')}"),
+                    yandex.StorageObjectArgs(
+                        bucket=self.bucket.bucket,
+                        key=model_object_key(args.model_prefix, args.model_name, args.model_sha256, f"tf/{relative}"),
+                        source=str(path),
+                        source_hash=_file_sha256(path),
+                        content_type="application/octet-stream",
+                        tags=self.labels,
+                    ),
+                    opts=self.child(),
+                ))
+        return objects

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Python packages, once:
 #   - the Debian packages listed in requirements/apt.txt;
-#   - the npm packages of every test folder that has a package-lock.json (validators, runners).
+#   - the npm packages of every test folder that has a package-lock.json (validators, runners);
+#   - the TensorFlow and Triton virtualenvs, and the Pulumi CLI built from its Go module.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,3 +37,4 @@ install_debian_packages
 install_npm_packages
 scripts/tf-venv.sh
 scripts/triton-venv.sh
+scripts/pulumi-cli.sh >/dev/null

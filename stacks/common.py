@@ -13,7 +13,8 @@ from stacks.config import MvpConfig, PartnerConfig, ProdConfig
 
 def model_store_args(cfg: MvpConfig | PartnerConfig | ProdConfig, model_dir: Path, *,
                      readers: Sequence[pulumi.Input[str]] = (),
-                     writers: Sequence[pulumi.Input[str]] = ()) -> ModelStoreArgs:
+                     writers: Sequence[pulumi.Input[str]] = (),
+                     saved_model_dir: Path | None = None) -> ModelStoreArgs:
     """The stage bucket's arguments from ``aistack:storage`` and the release pins."""
     st = cfg.storage
     return ModelStoreArgs(
@@ -32,4 +33,5 @@ def model_store_args(cfg: MvpConfig | PartnerConfig | ProdConfig, model_dir: Pat
         kms_deletion_protection=st.kms_deletion_protection,
         readers=list(readers),
         writers=list(writers),
+        saved_model_dir=str(saved_model_dir) if saved_model_dir is not None else None,
     )

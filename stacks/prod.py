@@ -14,8 +14,10 @@ with Elasticsearch, Kibana and Filebeat, and ArgoCD with the Application that sy
 NetworkPolicy).
 
 TF Serving serves a local copy of the SavedModel under ``models/<name>/<sha256>/tf/`` of the stage
-bucket (version directories below it; the model publisher uploads it there), which an init
-container (the service image) copies before the server starts: TF Serving has no S3 filesystem.
+bucket (version directories below it), which an init container (the service image) copies before
+the server starts: TF Serving has no S3 filesystem. The SavedModel is part of the released model
+(``models/<name>/tf/<version>/``, committed beside model.onnx) and this program uploads it with the
+model, so the release that is promoted is the one that is served.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ TF_MODEL_DIR = "tf"
 
 
 def tf_model_prefix(cfg: ProdConfig) -> str:
-    """``models/<name>/<sha256>/tf``: where the model publisher puts the SavedModel versions."""
+    """``models/<name>/<sha256>/tf``: where the stage bucket holds the SavedModel versions."""
     return model_object_key(cfg.storage.model_prefix, cfg.model.name, cfg.release.model_sha256, TF_MODEL_DIR)
 
 
@@ -106,7 +108,8 @@ def program(cfg: ProdConfig, root: Path) -> None:
     )
     store = ModelStore(
         f"{prefix}-data",
-        model_store_args(cfg, root / cfg.model.dir, readers=[model_reader.service_account_id]),
+        model_store_args(cfg, root / cfg.model.dir, readers=[model_reader.service_account_id],
+                         saved_model_dir=root / cfg.model.dir / TF_MODEL_DIR),
         labels,
     )
 

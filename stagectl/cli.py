@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -63,7 +64,7 @@ def _diff(args: argparse.Namespace) -> int:
         print(f"stagectl diff: {exc}", file=sys.stderr)
         return 2
     if args.gitlab_report:
-        diff.write_gitlab_reports(diffs, Path(args.gitlab_report))
+        diff.write_gitlab_report(diffs, Path(args.gitlab_report))
     if args.format == "json":
         print(_json.dumps(diff.to_json(diffs), indent=2))
     elif args.format == "markdown":
@@ -90,7 +91,11 @@ def _preview_comment(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"stagectl preview-comment: cannot read {path}: {exc}", file=sys.stderr)
             return 2
-        diffs.append(diff.preview_to_diff(stack, document))
+        try:
+            diffs.append(diff.preview_to_diff(stack, document))
+        except diff.DiffError as exc:
+            print(f"stagectl preview-comment: {exc}", file=sys.stderr)
+            return 2
     print(diff.render_markdown(diffs, args.base or "the deployed state", preview=True))
     return 3 if any(d.refused for d in diffs) else 0
 
@@ -137,10 +142,17 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _mr_note(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
-    from stagectl.gitlab import GitLabError, MergeRequest
+    from stagectl.gitlab import TOKEN_VARIABLE, GitLabError, MergeRequest
 
+    source, target = os.environ.get("CI_MERGE_REQUEST_SOURCE_PROJECT_ID"), os.environ.get("CI_MERGE_REQUEST_PROJECT_ID")
+    if not os.environ.get(TOKEN_VARIABLE) and source and target and source != target:
+        # a fork's merge-request pipeline runs in the fork: the target project's token is not there
+        print(f"stagectl mr-note: not posted: a merge request from a fork (project {source}) gets no "
+              f"{TOKEN_VARIABLE}; the comment is in this job's log and artifacts")
+        return 0
     try:
         action, note = MergeRequest.from_env().upsert_note(Path(args.file).read_text())
     except (GitLabError, OSError) as exc:
@@ -173,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--base", required=True, help="git revision to compare with (e.g. the merge base)")
     diff.add_argument("--stack", action="append", help="limit to these stacks (repeatable)")
     diff.add_argument("--format", choices=("text", "json", "markdown"), default="text")
-    diff.add_argument("--gitlab-report", metavar="DIR", help="write GitLab Terraform reports (DIR/<stack>.json)")
+    diff.add_argument("--gitlab-report", metavar="FILE",
+                      help="write GitLab's Terraform report (artifacts:reports:terraform): the stacks' counts summed")
     diff.set_defaults(func=_diff)
 
     preview = sub.add_parser("preview-comment",
@@ -196,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     prom.add_argument("--no-copy-image", action="store_true",
                       help="do not copy the image to the target's registry (it must be there already)")
     prom.add_argument("--registry-insecure", action="store_true",
-                      help="reach the registries over plain HTTP, without TLS (local test registries only)")
+                      default=os.environ.get("REGISTRY_TLS_VERIFY", "true").lower() == "false",
+                      help="reach the registries over plain HTTP, without TLS (local test registries only; "
+                      "default: on when REGISTRY_TLS_VERIFY=false, as for the build job)")
     prom.set_defaults(func=_promote)
 
     note = sub.add_parser("mr-note", help="post FILE as the merge-request comment, updating it in place (CI)")

@@ -358,15 +358,17 @@ def render_markdown(diffs: Sequence[StackDiff], base_ref: str, preview: bool = F
     return "\n".join(out) + "\n"
 
 
-def write_gitlab_reports(diffs: Sequence[StackDiff], directory: Path) -> list[Path]:
-    """GitLab's Terraform report format, one file per stack, for the merge-request widget."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
+def write_gitlab_report(diffs: Sequence[StackDiff], path: Path) -> Path:
+    """GitLab's Terraform report (``artifacts:reports:terraform``) for the merge-request widget:
+    ``{"create", "update", "delete"}`` summed over the stacks, because GitLab takes one such
+    report per job. A replacement counts as an update, as GitLab's widget has no fourth number."""
+    total = {"create": 0, "update": 0, "delete": 0}
     for d in diffs:
-        path = directory / f"{d.stack}.json"
-        path.write_text(json.dumps(d.counts) + "\n")
-        paths.append(path)
-    return paths
+        for key, value in d.counts.items():
+            total[key] += value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(total) + "\n")
+    return path
 
 
 def preview_to_diff(stack: str, document: Mapping[str, Any], book: PriceBook | None = None,
@@ -374,10 +376,20 @@ def preview_to_diff(stack: str, document: Mapping[str, Any], book: PriceBook | N
     """The same report from ``pulumi preview --json`` output (for CI jobs that have credentials).
 
     The document is Pulumi's preview digest: ``steps`` with ``op``, ``urn``, ``oldState`` and
-    ``newState`` (each with ``type`` and ``inputs``; secrets already written as ``[secret]``).
+    ``newState`` (each with ``type`` and ``inputs``; secrets already written as ``[secret]``), and
+    ``changeSummary`` (a count per op). The engine lists unchanged resources only with
+    ``--show-sames``; without them the costs and the budget would cover a fraction of the stack, so
+    a digest whose summary counts more unchanged resources than it lists is refused (DiffError).
     """
     from policy.guardrails import StackFacts, evaluate
     from stagectl.checks import resources_of
+
+    steps = document.get("steps") or []
+    listed = sum(1 for step in steps if step.get("op", "same") == "same")
+    summarised = int((document.get("changeSummary") or {}).get("same") or 0)
+    if summarised > listed:
+        raise DiffError(f"the {stack} preview lists {listed} of its {summarised} unchanged resources: run "
+                        "`pulumi preview --json --show-sames` so that costs and the budget cover the whole stack")
 
     def resource(state: Mapping[str, Any], urn: str) -> PlannedResource:
         kind = str(state.get("type", urn.split("::")[-2] if "::" in urn else ""))
@@ -386,7 +398,7 @@ def preview_to_diff(stack: str, document: Mapping[str, Any], book: PriceBook | N
 
     old: list[PlannedResource] = []
     new: list[PlannedResource] = []
-    for step in document.get("steps") or []:
+    for step in steps:
         op, urn = step.get("op", "same"), step.get("urn", "")
         if step.get("oldState") and op not in ("create", "create-replacement"):
             old.append(resource(step["oldState"], urn))

@@ -315,14 +315,15 @@ def load_stack_config(root: Path, stack: str) -> tuple[str, dict[str, str], list
     return project, config, secret_keys
 
 
-def run_plan(stack: str, root: Path | None = None) -> Plan:
-    """Run ``stack``'s program under the mock runtime and return what it registered."""
+def run_plan(stack: str, root: Path | None = None, preview: bool = True) -> Plan:
+    """Run ``stack``'s program under the mock runtime and return what it registered
+    (``preview=False``: as ``pulumi up`` runs it, with the checks a deployment makes)."""
     from stacks import stages
 
     root = project_root(root)
     project, config, secret_keys = load_stack_config(root, stack)
     return record(project, stack, config, secret_keys,
-                  lambda: stages.run(stack, config, root=root), root=root)
+                  lambda: stages.run(stack, config, root=root), root=root, preview=preview)
 
 
 def record(project: str, stack: str, config: dict[str, str], secret_keys: list[str],

@@ -207,23 +207,49 @@ def smoke_test(endpoint: str, golden: Path, pins: Mapping[str, str], source: str
     return f"smoke test: {endpoint} labelled {len(labels)} golden inputs as expected (model {version or '?'})"
 
 
+def _pulumi(runner: Callable[[Sequence[str]], str] | None) -> Callable[[Sequence[str]], str] | None:
+    """``runner`` or the Pulumi CLI on PATH (None when there is none)."""
+    if runner is not None:
+        return runner
+    if shutil.which("pulumi") is None:
+        return None
+
+    def run(cmd: Sequence[str]) -> str:
+        return subprocess.run(list(cmd), capture_output=True, text=True, check=True, timeout=60).stdout
+
+    return run
+
+
 def stack_output(stack: str, name: str, runner: Callable[[Sequence[str]], str] | None = None) -> str | None:
     """A stack output through the Pulumi CLI, or None when it cannot be read here."""
-    import shutil
-    import subprocess
-
-    if runner is None:
-        if shutil.which("pulumi") is None:
-            return None
-
-        def runner(cmd: Sequence[str]) -> str:
-            return subprocess.run(list(cmd), capture_output=True, text=True, check=True, timeout=60).stdout
-
+    run = _pulumi(runner)
+    if run is None:
+        return None
     try:
-        value = runner(["pulumi", "stack", "output", name, "--stack", stack]).strip()
+        value = run(["pulumi", "stack", "output", name, "--stack", stack]).strip()
     except Exception:  # any failure means "not available"; the caller explains
         return None
     return value or None
+
+
+#: The Container Registry resource of every stage (components/registry.py) and its repository.
+_REGISTRY_TYPE = "yandex:index/containerRegistry:ContainerRegistry"
+
+
+def registry_in_state(stack: str, runner: Callable[[Sequence[str]], str] | None = None) -> str | None:
+    """``cr.yandex/<id>/inference`` from the stack's state (``pulumi stack export``): a first,
+    targeted ``pulumi up`` that created only the registry leaves the stack without outputs."""
+    from components.registry import REGISTRY_HOST, SERVICE_REPOSITORY
+
+    run = _pulumi(runner)
+    if run is None:
+        return None
+    try:
+        deployment = json.loads(run(["pulumi", "stack", "export", "--stack", stack])).get("deployment") or {}
+    except Exception:  # not available here; the caller explains
+        return None
+    ids = [r.get("id") for r in deployment.get("resources") or [] if r.get("type") == _REGISTRY_TYPE and r.get("id")]
+    return f"{REGISTRY_HOST}/{ids[0]}/{SERVICE_REPOSITORY}" if len(ids) == 1 else None
 
 
 def set_release(text: str, pins: Mapping[str, str]) -> str:
@@ -279,7 +305,7 @@ def check_target(root: Path, target: str, new_text: str) -> str:
 
 
 def _repository(stack: str, given: str | None, runner: Callable[[Sequence[str]], str] | None) -> str:
-    repository = given or stack_output(stack, "image_repository", runner)
+    repository = given or stack_output(stack, "image_repository", runner) or registry_in_state(stack, runner)
     if not repository:
         raise PromotionRefused(f"no image repository for {stack}: it is the stack output image_repository (create "
                                f"the stage's registry first: pulumi up --stack {stack}), or pass it (--image-from/"

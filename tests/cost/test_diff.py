@@ -93,10 +93,11 @@ def test_markdown_comment_snapshot(mvp_diff):
     assert text == SNAPSHOT.read_text(), "the comment changed: review it and update snapshots/diff-comment.md"
 
 
-def test_gitlab_reports(mvp_diff, tmp_path):
-    (path,) = diff.write_gitlab_reports([mvp_diff], tmp_path / "reports")
-    assert path.name == "mvp.json"
+def test_gitlab_report_sums_the_stacks(mvp_diff, tmp_path):
+    path = diff.write_gitlab_report([mvp_diff], tmp_path / "plan.json")
     assert json.loads(path.read_text()) == {"create": 3, "update": 1, "delete": 1}
+    twice = diff.write_gitlab_report([mvp_diff, mvp_diff], tmp_path / "two.json")
+    assert json.loads(twice.read_text()) == {"create": 6, "update": 2, "delete": 2}
 
 
 def test_unknown_base_is_refused(fixture_repo):
@@ -110,7 +111,7 @@ def test_guardrail_failure_makes_the_cli_exit_non_zero(fixture_repo, tmp_path):
     edit_stack(repo, lambda c: c.update({"aistack:budget": {"monthly": 0.5}}))
     try:
         result = subprocess.run([sys.executable, "-m", "stagectl", "diff", "--base", base, "--stack", "mvp",
-                                 "--format", "json", "--gitlab-report", str(tmp_path)],
+                                 "--format", "json", "--gitlab-report", str(tmp_path / "plan.json")],
                                 cwd=repo, capture_output=True, text=True, timeout=300)
     finally:
         edit_stack(repo, lambda c: c.pop("aistack:budget"))
@@ -118,7 +119,7 @@ def test_guardrail_failure_makes_the_cli_exit_non_zero(fixture_repo, tmp_path):
     (stack,) = json.loads(result.stdout)["stacks"]
     budget = next(g for g in stack["guardrails"] if g["rule"] == "budget")
     assert budget["passed"] is False and "exceeds the budget 0.50 USD" in budget["findings"][0]["message"]
-    assert (tmp_path / "mvp.json").exists()
+    assert json.loads((tmp_path / "plan.json").read_text()).keys() == {"create", "update", "delete"}
 
 
 def test_preview_comment_from_pulumi_preview_json():
@@ -146,3 +147,21 @@ def test_preview_comment_from_pulumi_preview_json():
     assert text.startswith(diff.PREVIEW_MARKER + "\n### `pulumi preview` by stack")
     assert "- update `yandex:index/storageBucket:StorageBucket` **mvp-data-bucket**" in text
     assert "`anonymousAccessFlags.read`: `false` -> `true`" in text
+
+
+def test_a_preview_without_its_unchanged_resources_is_refused():
+    kind = "yandex:index/kmsSymmetricKey:KmsSymmetricKey"
+    state = {"type": kind, "custom": True, "inputs": {"name": "k"}}
+    changed = {"op": "create", "urn": f"urn:pulumi:mvp::aistack::{kind}::k2", "newState": state}
+    stack = {"op": "same", "urn": "urn:pulumi:mvp::aistack::pulumi:pulumi:Stack::aistack-mvp",
+             "oldState": {"type": "pulumi:pulumi:Stack", "custom": False},
+             "newState": {"type": "pulumi:pulumi:Stack", "custom": False}}
+    same = {"op": "same", "urn": f"urn:pulumi:mvp::aistack::{kind}::k", "oldState": state, "newState": state}
+    # what `pulumi preview --json` prints without --show-sames: the root stack only, yet 2 sames counted
+    with pytest.raises(diff.DiffError, match=r"lists 1 of its 2 unchanged resources: run `pulumi preview --json "
+                                             r"--show-sames`"):
+        diff.preview_to_diff("mvp", {"steps": [stack, changed], "changeSummary": {"create": 1, "same": 2}}, root=ROOT)
+    whole = diff.preview_to_diff("mvp", {"steps": [stack, same, changed], "changeSummary": {"create": 1, "same": 2}},
+                                 root=ROOT)
+    assert whole.counts == {"create": 1, "update": 0, "delete": 0}
+    assert whole.monthly_before > 0 and whole.monthly_after > whole.monthly_before

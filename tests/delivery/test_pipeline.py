@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,9 +32,17 @@ def test_stacks_deploy_one_at_a_time_behind_environments(jobs):
     assert set(deploys) == {"deploy:mvp", "promote:partner", "promote:prod"}
     assert {job["resource_group"] for job in deploys.values()} == {"stack-mvp", "stack-partner", "stack-prod"}
     for name, job in deploys.items():
-        assert job["extends"] == ".pulumi" and job["environment"]["name"] == name.split(":")[1]
+        stack = name.split(":")[1]
+        assert job["extends"] == ".pulumi" and job["environment"]["name"] == stack
+        script = job["script"]
+        # never an older commit over a newer one; the deployed commit recorded after `pulumi up`
+        up = next(i for i, line in enumerate(script) if line.startswith("pulumi up --yes"))
+        assert script.index(f"scripts/ci/stack-commit.sh check {stack}") < up
+        assert script.index(f"scripts/ci/stack-commit.sh record {stack}") == up + 1
     for name in ("promote:partner", "promote:prod"):
-        assert jobs[name]["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH", "when": "manual"}]
+        # manual, and allowed to fail, so that a pipeline nobody promotes is not left "blocked"
+        assert jobs[name]["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH", "when": "manual",
+                                        "allow_failure": True}]
         assert any("stagectl promote" in line for line in jobs[name]["script"])
     assert "pulumi up --yes --stack mvp --policy-pack policy" in jobs["deploy:mvp"]["script"]
 
@@ -44,19 +50,48 @@ def test_stacks_deploy_one_at_a_time_behind_environments(jobs):
 def test_merge_request_jobs(jobs):
     plan = jobs["plan"]
     assert plan["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
-    assert any('stagectl diff --base "$CI_MERGE_REQUEST_DIFF_BASE_SHA" --format markdown' in s for s in plan["script"])
-    assert plan["artifacts"]["reports"]["terraform"] == [f"reports/{s}.json" for s in ("mvp", "partner", "prod")]
+    assert 'base="${CI_MERGE_REQUEST_TARGET_BRANCH_SHA:-$CI_MERGE_REQUEST_DIFF_BASE_SHA}"' in plan["script"]
+    assert any('stagectl diff --base "$base" --format markdown --gitlab-report plan.json' in s for s in plan["script"])
+    assert plan["artifacts"]["reports"]["terraform"] == "plan.json", "GitLab takes one Terraform report per job"
     assert "extends" in plan and plan["extends"] == ".python", "the plan job gets no cloud credentials"
     preview = jobs["preview"]
-    assert "$CI_MERGE_REQUEST_SOURCE_PROJECT_ID == $CI_PROJECT_ID" in preview["rules"][0]["if"]
-    assert any("--policy-pack policy" in s for s in preview["script"])
+    (rule,) = preview["rules"]
+    assert "$YC_SA_KEY_JSON_B64" in rule["if"], "preview only where the protected credentials are"
+    assert "$CI_MERGE_REQUEST_SOURCE_PROJECT_ID == $CI_MERGE_REQUEST_PROJECT_ID" in rule["if"]
+    assert any("--show-sames" in s and "--policy-pack policy" in s for s in preview["script"])
+    skipped = jobs["preview:skipped"]
+    assert skipped["rules"][0] == {**rule, "when": "never"}, "the explainer runs exactly where preview does not"
+
+
+def test_tokens_are_split_by_what_they_may_do():
+    text = PIPELINE.read_text()
+    header = text.split("workflow:")[0]
+    assert "GITLAB_NOTES_TOKEN      NOT protected: project access token, role Reporter, scope api" in header
+    assert "GITLAB_RELEASE_TOKEN    protected: project access token of the release bot, role Maintainer" in header
+    assert "GITLAB_PROJECT_TOKEN" not in text
+    release = (ROOT / "scripts" / "ci" / "commit-release.sh").read_text()
+    assert "GITLAB_RELEASE_TOKEN" in release and "GITLAB_NOTES_TOKEN" not in release
+    from stagectl.gitlab import TOKEN_VARIABLE
+
+    assert TOKEN_VARIABLE == "GITLAB_NOTES_TOKEN"
+
+
+def test_the_build_job_uses_the_builder_the_tests_use(jobs):
+    build = jobs["build"]
+    assert build["script"] == ["scripts/ci/build-image.sh"]
+    assert build["variables"] == {"STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"}
+    script = (ROOT / "scripts" / "ci" / "build-image.sh").read_text()
+    assert "--file service/Dockerfile service" in script, "the build context is service/, as the Dockerfile expects"
+    assert "--digestfile image.digest" in script
+    assert not (ROOT / "scripts" / "ci" / "kaniko-build.sh").exists()
 
 
 def test_credentials_come_only_from_the_login_script():
     text = PIPELINE.read_text()
     login = (ROOT / "scripts" / "ci" / "pulumi-login.sh").read_text()
-    assert "pulumi login \"s3://${PULUMI_STATE_BUCKET}?endpoint=storage.yandexcloud.net&region=ru-central1\"" in login
-    for secret in ("AWS_SECRET_ACCESS_KEY", "PULUMI_CONFIG_PASSPHRASE", "YC_SA_KEY_JSON_B64"):
+    assert ('pulumi login "${PULUMI_BACKEND_URL:-s3://${PULUMI_STATE_BUCKET}?endpoint=storage.yandexcloud.net'
+            '&region=ru-central1}"') in login
+    for secret in ("AWS_SECRET_ACCESS_KEY", "PULUMI_CONFIG_PASSPHRASE", "YC_SA_KEY_JSON_B64", "GITLAB_RELEASE_TOKEN"):
         # named in the header comment, never given a value in the file
         assert f"{secret}:" not in text.split("workflow:")[1]
 
@@ -67,8 +102,8 @@ def _job_script(document: dict, name: str) -> list[str]:
     return list(job.get("before_script", base.get("before_script", []))) + list(job["script"])
 
 
-@pytest.mark.parametrize("name", ["lint", "test", "plan", "preview", "deploy:mvp", "promote:partner",
-                                  "promote:prod"])
+@pytest.mark.parametrize("name", ["lint", "test", "build", "plan", "preview", "preview:skipped", "deploy:mvp",
+                                  "promote:partner", "promote:prod"])
 def test_job_scripts_pass_shellcheck(name, tmp_path):
     document = yaml.safe_load(PIPELINE.read_text())
     script = tmp_path / "job.sh"
@@ -97,22 +132,16 @@ def test_pipelines_select_the_right_jobs():
     main = _gcl("--list")
     assert main.returncode == 0, main.stderr
     assert _listed(main) == {"lint", "test", "build", "deploy:mvp", "promote:partner", "promote:prod"}
-    merge_request = _gcl("--list", "--variable", "CI_PIPELINE_SOURCE=merge_request_event",
-                         "--variable", "CI_COMMIT_BRANCH=", "--variable", "CI_MERGE_REQUEST_SOURCE_PROJECT_ID=7",
-                         "--variable", "CI_PROJECT_ID=7")
-    assert _listed(merge_request) == {"lint", "test", "plan", "preview"}
+    same_project = ["--variable", "CI_PIPELINE_SOURCE=merge_request_event", "--variable", "CI_COMMIT_BRANCH=",
+                    "--variable", "CI_MERGE_REQUEST_SOURCE_PROJECT_ID=7", "--variable", "CI_MERGE_REQUEST_PROJECT_ID=7"]
+    unprotected = _gcl("--list", *same_project)
+    assert _listed(unprotected) == {"lint", "test", "plan", "preview:skipped"}
+    protected = _gcl("--list", *same_project, "--variable", "YC_SA_KEY_JSON_B64=eyJ9")
+    assert _listed(protected) == {"lint", "test", "plan", "preview"}
     fork = _gcl("--list", "--variable", "CI_PIPELINE_SOURCE=merge_request_event", "--variable", "CI_COMMIT_BRANCH=",
-                "--variable", "CI_MERGE_REQUEST_SOURCE_PROJECT_ID=8", "--variable", "CI_PROJECT_ID=7")
+                "--variable", "CI_MERGE_REQUEST_SOURCE_PROJECT_ID=8", "--variable", "CI_MERGE_REQUEST_PROJECT_ID=7",
+                "--variable", "YC_SA_KEY_JSON_B64=eyJ9")
     assert "preview" not in _listed(fork), "a fork's merge request never gets credentials"
-
-
-@pytest.mark.slow
-def test_lint_job_runs_with_the_shell_executor():
-    """Runs the real `lint` job. (`test` is `make test` itself, so running it here would recurse.)"""
-    result = _gcl("--force-shell-executor", "lint")
-    shutil.rmtree(ROOT / ".gitlab-ci-local", ignore_errors=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "lint finished" in result.stdout and "PASS" in result.stdout
 
 
 def test_require_digest(tmp_path):
@@ -123,24 +152,3 @@ def test_require_digest(tmp_path):
     assert subprocess.run([script, str(good)]).returncode == 0
     result = subprocess.run([script, str(bad)], capture_output=True, text=True)
     assert result.returncode == 1 and "does not hold an image digest" in result.stderr
-
-
-def test_commit_release_pushes_the_pins(tmp_path):
-    remote, work = tmp_path / "remote.git", tmp_path / "work"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
-    subprocess.run(["git", "clone", "-q", str(remote), str(work)], check=True, capture_output=True)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.test", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.test", "RELEASE_REMOTE": str(remote), "CI_DEFAULT_BRANCH": "main"}
-    (work / "Pulumi.mvp.yaml").write_text("config: {}\n")
-    subprocess.run(["git", "add", "."], cwd=work, check=True)
-    subprocess.run(["git", "commit", "-qm", "init"], cwd=work, check=True, env=env)
-    subprocess.run(["git", "push", "-q", "origin", "HEAD:main"], cwd=work, check=True, env=env, capture_output=True)
-    script = str(ROOT / "scripts" / "ci" / "commit-release.sh")
-    same = subprocess.run([script, "Deploy", "Pulumi.mvp.yaml"], cwd=work, env=env, capture_output=True, text=True)
-    assert same.returncode == 0 and "nothing to record" in same.stdout
-    (work / "Pulumi.mvp.yaml").write_text("config:\n  aistack:release: {}\n")
-    pushed = subprocess.run([script, "Deploy sha256:x to mvp", "Pulumi.mvp.yaml"], cwd=work, env=env,
-                            capture_output=True, text=True)
-    assert pushed.returncode == 0, pushed.stderr
-    log = subprocess.run(["git", "log", "-1", "--format=%s", "main"], cwd=remote, capture_output=True, text=True)
-    assert log.stdout.strip() == "Deploy sha256:x to mvp [skip ci]"

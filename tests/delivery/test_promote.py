@@ -114,3 +114,26 @@ def test_cli_reports_refusal_with_exit_code(project):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 4
     assert "stagectl promote partner mvp: refused: refusing to promote backwards" in result.stderr
+
+
+def test_the_registry_comes_from_the_state_after_a_targeted_first_deploy():
+    """`pulumi up --target <registry>` leaves the stack without outputs; promotion reads the registry
+    from `pulumi stack export` (the shape the CLI prints: version 3, deployment.resources)."""
+    from stagectl.promote import _repository, registry_in_state
+
+    export = json.dumps({"version": 3, "deployment": {"manifest": {"version": "v3.260.0"}, "resources": [
+        {"urn": "urn:pulumi:partner::aistack::pulumi:pulumi:Stack::aistack-partner", "type": "pulumi:pulumi:Stack",
+         "custom": False},
+        {"urn": "urn:pulumi:partner::aistack::aistack:registry:ImageRegistry$yandex:index/containerRegistry:"
+                "ContainerRegistry::partner-images-registry", "type": "yandex:index/containerRegistry:ContainerRegistry",
+         "custom": True, "id": "crp0partner0registry"}]}})
+
+    def runner(cmd):
+        if cmd[:3] == ["pulumi", "stack", "output"]:
+            raise subprocess.CalledProcessError(255, cmd, "", "current stack does not have output property")
+        assert cmd == ["pulumi", "stack", "export", "--stack", "partner"]
+        return export
+
+    assert registry_in_state("partner", runner) == "cr.yandex/crp0partner0registry/inference"
+    assert _repository("partner", None, runner) == "cr.yandex/crp0partner0registry/inference"
+    assert registry_in_state("partner", lambda cmd: json.dumps({"version": 3, "deployment": {}})) is None

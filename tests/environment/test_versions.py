@@ -33,6 +33,9 @@ def test_the_sdk_the_cli_and_the_locks_name_one_version() -> None:
     assert image == f"pulumi/pulumi-python-3.11:{version}", \
         f".gitlab-ci.yml runs Pulumi CLI {image!r}, but the SDK is pinned to {version} (pyproject.toml)"
     assert ci[".pulumi"]["image"]["name"] == "$PULUMI_IMAGE"
+    go_mod = (ROOT / "tools" / "pulumi" / "go.mod").read_text()
+    assert re.search(rf"^require github\.com/pulumi/pulumi/pkg/v3 v{re.escape(version)}$", go_mod, re.M), \
+        f"tools/pulumi/go.mod (the CLI the pipeline rehearsal runs) must require pkg/v3 v{version}"
 
 
 def test_the_ci_image_python_is_one_the_project_supports() -> None:

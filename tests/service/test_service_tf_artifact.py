@@ -23,6 +23,8 @@ from stagectl import model as model_cmd
 from stagectl.tf_export import MAX_ABS_DIFF, TfExportError, export_saved_model, extract_layers
 from tests.service.tfserving_fake import built_model_with_tf, require_tf_python
 
+ROOT = Path(__file__).resolve().parents[2]
+
 _LOAD_AND_RUN = textwrap.dedent(
     """
     import json, sys
@@ -99,6 +101,19 @@ def test_saved_model_equals_onnx_runtime_on_the_held_out_set(
     assert float((tf_out["label"] == y_test).mean()) == pytest.approx(
         json.loads((built / "card.json").read_text())["accuracy"], abs=1e-4
     )
+
+
+def test_the_released_saved_model_answers_as_the_released_onnx_model(tmp_path: Path) -> None:
+    """models/<name>/tf/ is committed with the release (prod uploads it as it is): it must be the
+    conversion of the committed model.onnx, which the golden rows check against ONNX Runtime."""
+    release = ROOT / "models" / "digits"
+    golden = json.loads((release / "golden.json").read_text())
+    x = np.asarray(golden["instances"], dtype=np.float32)
+    _, tf_out = _run_saved_model(release / "tf" / "1", x, tmp_path)
+    labels, probabilities = _onnx_run(release / "model.onnx", x, ["label", "probabilities"])
+    assert float(np.max(np.abs(tf_out["probabilities"] - probabilities))) <= MAX_ABS_DIFF
+    assert np.array_equal(tf_out["label"], labels)
+    assert tf_out["label"].tolist() == golden["labels"]
 
 
 def test_build_without_the_tf_virtualenv_writes_onnx_and_says_the_tf_artifact_was_skipped(
