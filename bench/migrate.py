@@ -1,7 +1,8 @@
 """Data migration throughput: 100,000 prediction records S3 -> PostgreSQL -> ClickHouse.
 
-Runs the real ``stagectl migrate-data`` code against a moto S3 server, a real PostgreSQL server
-and the ClickHouse engine (chdb), all local, and prints records per second for each route.
+Runs the real migration code (``service.migrate``, which ``stagectl migrate-data`` runs too) against a
+moto S3 server, a real PostgreSQL server and the ClickHouse engine (chdb), all local, and prints
+records per second for each route.
 Usage: ``python bench/migrate.py [--records N] [--json]`` (target: at least 5,000 records/s each).
 """
 
@@ -19,7 +20,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stagectl import migrate
+from service import migrate
 from tests.delivery.test_migrate import make_records
 from tests.service.helpers import CREDENTIALS, MotoS3
 from tests.service.pg_server import PgServer

@@ -3,7 +3,15 @@
 Boots Yandex's Container-Optimized Image (family ``container-optimized-image-gpu``: NVIDIA driver
 and container toolkit included), which runs the Compose file from the metadata key
 ``docker-compose`` (see :mod:`components.host_workload` for what it contains and how secrets
-reach the containers); cloud-init user-data comes from the metadata key ``user-data``.
+reach the containers) and re-applies it to the running VM whenever it changes; cloud-init user-data
+comes from the metadata key ``user-data``.
+
+cloud-init applies user-data (the SSH users) once per instance: a changed value would reach the
+metadata of the running VM and nothing else. So the instance is created anew when its user-data
+changes (``replace_on_changes`` on ``metadata["user-data"]``, :data:`REPLACE_ON_USER_DATA`), deleted
+first (``delete_before_replace``): its name is unique in the folder and its static address can be
+attached to one VM at a time. A replacement loses what lives only on the boot disk: Prometheus' and
+Grafana's data volumes and any prediction records still spooled for PostgreSQL.
 
 The boot image is copied once from the family into the folder (a ``ComputeImage``), so a newer
 image in the family does not replace the VM on the next ``pulumi up``; to move to a newer image,
@@ -30,6 +38,8 @@ COI_FAMILY = "container-optimized-image"
 BOOT_DISK_TYPES = ("network-ssd", "network-hdd")
 #: The GPU image, Triton's image (about 17 GB unpacked) and the rest need room.
 DISK_RANGE_GB = (64, 4096)
+#: Property path (Pulumi's syntax: bracket notation for a map key) whose change replaces the instance.
+REPLACE_ON_USER_DATA = 'metadata["user-data"]'
 
 
 def check_boot_disk(disk_type: str, size_gb: int, size_range: tuple[int, int]) -> None:
@@ -135,7 +145,7 @@ class GpuHost(StageComponent):
                 allow_stopping_for_update=True,
                 labels=self.labels,
             ),
-            opts=self.child(),
+            opts=self.child(replace_on_changes=[REPLACE_ON_USER_DATA], delete_before_replace=True),
         )
         interface = self.instance.network_interfaces.apply(lambda nics: nics[0] if nics else None)
         self.public_ip: pulumi.Output[str | None] = interface.apply(

@@ -1,8 +1,9 @@
 """Prometheus + Grafana on the GPU host: scrape config, alert rules, probes, dashboards.
 
 Everything here is generated as data (dicts dumped to YAML or JSON, deterministic text) and
-delivered to the host by cloud-init (:mod:`components.host_workload`); the containers mount it
-read-only. Scrape targets are the compose services of the host:
+delivered to the host inside the Compose file, so a change reaches the running VM: its one-shot
+``config`` service writes the files under ``/opt/aistack`` and the containers mount them read-only
+(:mod:`components.host_workload`). Scrape targets are the compose services of the host:
 
 | job | target | what |
 |---|---|---|

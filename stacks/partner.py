@@ -162,7 +162,7 @@ def program(cfg: PartnerConfig, root: Path) -> None:
             security_group_ids=[net.security_group_ids["inference"]],
             service_account_id=workload.service_account_id,
             compose=spec.apply(compose_yaml),
-            user_data=spec.apply(lambda w: gpu_host_user_data(w, users)),
+            user_data=gpu_host_user_data(users),
             platform_id=gh.platform, gpus=gh.gpus, cores=gh.cores, memory_gb=gh.memory_gb,
             disk_size_gb=gh.disk_size_gb, disk_type=gh.disk_type, preemptible=gh.preemptible,
             static_ip=gh.static_ip, image_id=gh.image_id,

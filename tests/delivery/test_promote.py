@@ -125,8 +125,8 @@ def test_the_registry_comes_from_the_state_after_a_targeted_first_deploy():
         {"urn": "urn:pulumi:partner::aistack::pulumi:pulumi:Stack::aistack-partner", "type": "pulumi:pulumi:Stack",
          "custom": False},
         {"urn": "urn:pulumi:partner::aistack::aistack:registry:ImageRegistry$yandex:index/containerRegistry:"
-                "ContainerRegistry::partner-images-registry", "type": "yandex:index/containerRegistry:ContainerRegistry",
-         "custom": True, "id": "crp0partner0registry"}]}})
+                "ContainerRegistry::partner-images-registry",
+         "type": "yandex:index/containerRegistry:ContainerRegistry", "custom": True, "id": "crp0partner0registry"}]}})
 
     def runner(cmd):
         if cmd[:3] == ["pulumi", "stack", "output"]:

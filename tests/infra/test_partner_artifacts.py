@@ -2,20 +2,18 @@
 
 promtool (config, rules, a unit test per alert), the blackbox exporter's config check, Grafana
 dashboards parsed and their queries validated, ``docker-compose config -q`` on the compose file,
-``cloud-init schema`` on the user-data, yamllint on all generated YAML, and the boot-time secret
-fetcher run against a local stand-in of the metadata service and Lockbox's payload API.
+``cloud-init schema`` on the user-data, yamllint on all generated YAML, and the compose file's
+``config`` service run for real, writing what each service mounts (the secrets' flow is in
+``test_partner_secrets_flow.py``).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
+import stat
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +22,27 @@ import yaml
 
 from components import monitoring
 from components.host_workload import (
-    CONFIG_ROOT,
     GpuHostWorkload,
     HostSecrets,
     SshUser,
     compose_document,
     compose_yaml,
+    encode_files,
     fetch_script,
     gpu_host_user_data,
+    write_files_script,
 )
 from components.runner import GitlabRunnerArgs, runner_user_data
+from tests.infra.host_sim import (
+    ContainerView,
+    Mount,
+    files_under,
+    host_directory,
+    mounts,
+    normalized,
+    run_python_service,
+    tool,
+)
 
 DIGEST = "sha256:" + "ab" * 32
 SHA = "cd" * 32
@@ -49,15 +58,6 @@ WORKLOAD = GpuHostWorkload(
     secrets=HostSecrets(storage_key="e6qstoragekey", database="e6qdatabase", grafana="e6qgrafana"),
 )
 USERS = [SshUser("ops", ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGV4YW1wbGU ops@example.com",))]
-
-
-def tool(name: str) -> str:
-    """A validator's path: the virtualenv's bin first, then PATH. Missing is a failure, not a skip."""
-    local = Path(sys.executable).parent / name
-    found = str(local) if local.exists() else shutil.which(name)
-    assert found, (f"{name} is not installed: run scripts/install-test-deps.sh (Debian packages) and "
-                   "make venv-dev (the dev lock)")
-    return found
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -342,13 +342,14 @@ def test_compose_file_passes_docker_compose_config(tmp_path):
     compose.write_text(compose_yaml(WORKLOAD))
     result = run(tool("docker-compose"), "-f", str(compose), "config", "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    # Compose interpolates '$': the boot script must reach the container unchanged.
-    normalised = run(tool("docker-compose"), "-f", str(compose), "config", "--format", "json", cwd=tmp_path)
-    assert normalised.returncode == 0, normalised.stderr
-    services = json.loads(normalised.stdout)["services"]
+    # Compose interpolates '$': the scripts and shell commands must reach the containers unchanged.
+    services = normalized(compose_yaml(WORKLOAD), tmp_path)["services"]
     assert services["secrets"]["entrypoint"] == ["python", "-c", fetch_script()]
+    assert services["config"]["entrypoint"] == ["python", "-c", write_files_script()]
     assert services["inference"]["environment"]["PG_DSN"] == compose_document(WORKLOAD)["services"]["inference"][
         "environment"]["PG_DSN"]
+    assert services["migrate"]["entrypoint"][2].endswith('exec python -m service.migrate "$@"')
+    assert "n=$((n + 1))" in services["grafana"]["entrypoint"][2]
 
 
 def test_docker_compose_catches_a_broken_file(tmp_path):
@@ -361,8 +362,8 @@ def test_docker_compose_catches_a_broken_file(tmp_path):
 
 def test_compose_runs_what_the_stage_needs():
     services = compose_document(WORKLOAD)["services"]
-    assert set(services) == {"secrets", "triton", "inference", "prometheus", "grafana", "node-exporter",
-                             "dcgm-exporter", "blackbox-exporter"}
+    assert set(services) == {"config", "secrets", "triton", "inference", "prometheus", "grafana", "node-exporter",
+                             "dcgm-exporter", "blackbox-exporter", "migrate"}
     for name, service in services.items():
         image = service["image"]
         assert not image.endswith(":latest") and (":" in image.rsplit("/", 1)[-1] or "@sha256:" in image), name
@@ -371,7 +372,8 @@ def test_compose_runs_what_the_stage_needs():
         services["triton"]["image"].endswith("-py3")
     triton = services["triton"]["command"][-1]
     assert f"--model-repository={WORKLOAD.triton_repository_url}" in triton
-    assert "--metrics-port=8002" in triton and triton.startswith("set -a && . /run/secrets/triton/env && set +a")
+    assert "--metrics-port=8002" in triton and "; set -a && . /run/secrets/triton/env && set +a && exec tritonserver " \
+        in triton
     assert services["triton"]["deploy"]["resources"]["reservations"]["devices"] == [
         {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     env = services["inference"]["environment"]
@@ -388,48 +390,141 @@ def test_compose_runs_what_the_stage_needs():
                                                 ["e6qdatabase", "PG_PASSWORD"]]
     assert wanted["/run/secrets/grafana"] == [["e6qgrafana", "GF_SECURITY_ADMIN_PASSWORD"]]
     assert "e6qdatabase" not in json.dumps(wanted["/run/secrets/triton"]), "Triton gets only the storage key"
+    # secrets live on the host's tmpfs (/run), not in a Docker volume the one-shot writer's exit would unmount
+    assert services["secrets"]["volumes"] == ["/run/aistack/secrets:/run/secrets"]
     for consumer in ("triton", "inference", "grafana"):
-        volume = compose_document(WORKLOAD)["volumes"][f"secrets-{consumer}"]
-        assert volume["driver_opts"]["type"] == "tmpfs"
-        assert services["secrets"]["volumes"].count(f"secrets-{consumer}:/run/secrets/{consumer}") == 1
-    for service in ("triton", "inference", "grafana"):
-        assert services[service]["depends_on"]["secrets"] == {"condition": "service_completed_successfully"}
+        assert f"/run/aistack/secrets/{consumer}:/run/secrets/{consumer}:ro" in services[consumer]["volumes"]
+        assert services[consumer]["depends_on"]["secrets"] == {"condition": "service_healthy"}
+    assert not any(v.get("driver_opts") for v in compose_document(WORKLOAD)["volumes"].values())
     grafana = services["grafana"]["environment"]
     assert grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana/GF_SECURITY_ADMIN_PASSWORD"
     assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana
     assert "ports" not in services["node-exporter"] and "ports" not in services["dcgm-exporter"]
 
 
+def test_the_migrate_tool_never_starts_by_itself(tmp_path):
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(compose_yaml(WORKLOAD))
+    plain = run(tool("docker-compose"), "-f", str(compose), "config", "--services", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert "migrate" not in plain.stdout.split() and "inference" in plain.stdout.split()
+    tools = run(tool("docker-compose"), "-f", str(compose), "--profile", "tools", "config", "--services", cwd=tmp_path)
+    assert "migrate" in tools.stdout.split()
+    assert compose_document(WORKLOAD)["services"]["migrate"]["restart"] == "no"
+
+
 def test_host_user_data_passes_cloud_init_schema(tmp_path):
     user_data = tmp_path / "user-data"
-    user_data.write_text(gpu_host_user_data(WORKLOAD, USERS))
+    user_data.write_text(gpu_host_user_data(USERS))
     result = run(tool("cloud-init"), "schema", "--config-file", str(user_data))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Valid schema" in result.stdout or "Valid cloud-config" in result.stdout
 
 
 def test_cloud_init_schema_catches_a_broken_file(tmp_path):
-    document = yaml.safe_load(gpu_host_user_data(WORKLOAD, USERS))
+    document = yaml.safe_load(gpu_host_user_data(USERS))
     document["users"][0]["ssh_authorized_keys"] = 42
     user_data = tmp_path / "user-data"
     user_data.write_text("#cloud-config\n" + yaml.safe_dump(document))
     assert run(tool("cloud-init"), "schema", "--config-file", str(user_data)).returncode != 0
 
 
-def test_user_data_delivers_every_mounted_config_directory():
-    document = yaml.safe_load(gpu_host_user_data(WORKLOAD, USERS))
-    written = {f["path"]: f["content"] for f in document["write_files"]}
-    mounts = [v.split(":")[0] for s in compose_document(WORKLOAD)["services"].values() for v in s.get("volumes", [])
-              if v.startswith(CONFIG_ROOT)]
-    assert sorted(mounts) == sorted({*mounts}) and len(mounts) == 4
-    for source in mounts:
-        assert any(path.startswith(source + "/") for path in written), f"nothing is written to {source}"
-    for path in written:
-        assert any(path.startswith(source + "/") for source in mounts), f"{path} is not mounted anywhere"
-    assert written[f"{CONFIG_ROOT}/prometheus/rules/aistack.yml"] == \
-        monitoring.monitoring_files("partner", "digits-mlp")["prometheus/rules/aistack.yml"]
+def test_user_data_carries_only_the_ssh_users():
+    """cloud-init runs once per instance: nothing that changes with a release may travel in user-data."""
+    document = yaml.safe_load(gpu_host_user_data(USERS))
+    assert set(document) == {"users", "ssh_pwauth", "disable_root"}
     assert document["users"][0]["ssh_authorized_keys"] == list(USERS[0].ssh_keys)
     assert document["ssh_pwauth"] is False
+
+
+@pytest.fixture
+def host_root() -> Iterator[Path]:
+    with host_directory() as path:
+        yield path
+
+
+def _config_mounts(compose: dict[str, Any]) -> dict[str, list[Mount]]:
+    """Service -> its read-only mounts of the configuration directory on the host (as the compose file says)."""
+    root = compose["services"]["config"]["environment"]["AISTACK_FILES_ROOT"]
+    writer = ContainerView(compose["services"]["config"], Path("/"))
+    host_root_dir = str(writer.local(root))
+    return {name: [m for m in mounts(service) if m.kind == "bind" and m.source.startswith(host_root_dir + "/")]
+            for name, service in compose["services"].items() if name != "config"}
+
+
+def test_the_config_service_writes_what_each_service_mounts(tmp_path, host_root):
+    compose = normalized(compose_yaml(WORKLOAD), tmp_path)
+    done = run_python_service(compose["services"]["config"], host_root)
+    assert done.returncode == 0, done.stderr
+    by_service = {name: found for name, found in _config_mounts(compose).items() if found}
+    assert set(by_service) == {"prometheus", "grafana", "blackbox-exporter"}
+    written = files_under(host_root)
+    expected = monitoring.monitoring_files("partner", "digits-mlp")
+    config_root = compose["services"]["config"]["environment"]["AISTACK_FILES_ROOT"].lstrip("/")
+    assert {path: data.decode() for path, data in written.items() if path.startswith(config_root + "/")} == {
+        f"{config_root}/{path}": text for path, text in expected.items()}
+    mounted = [m for found in by_service.values() for m in found]
+    assert all(m.read_only for m in mounted)
+    for path in expected:
+        assert any(f"/{config_root}/{path}".startswith(m.source + "/") for m in mounted), f"{path} is mounted nowhere"
+    for m in mounted:
+        assert any(f"/{config_root}/{path}".startswith(m.source + "/") for path in expected), f"{m.source} is empty"
+    # Prometheus starts on the file its command names, through its own mount, and promtool accepts it there
+    prometheus = ContainerView(compose["services"]["prometheus"], host_root)
+    (config_flag,) = [a for a in compose["services"]["prometheus"]["command"] if a.startswith("--config.file=")]
+    checked = run(tool("promtool"), "check", "config", str(prometheus.local(config_flag.split("=", 1)[1])))
+    assert checked.returncode == 0 and "SUCCESS: 1 rule files found" in checked.stdout, checked.stdout + checked.stderr
+    blackbox = ContainerView(compose["services"]["blackbox-exporter"], host_root)
+    (blackbox_flag,) = compose["services"]["blackbox-exporter"]["command"]
+    good = run(tool("prometheus-blackbox-exporter"), "--config.check",
+               f"--config.file={blackbox.local(blackbox_flag.split('=', 1)[1])}")
+    assert good.returncode == 0, good.stderr
+    grafana = ContainerView(compose["services"]["grafana"], host_root)
+    board = grafana.local(f"{monitoring.GRAFANA_DASHBOARDS_DIR}/gpu.json")
+    assert json.loads(board.read_text())["uid"] == "aistack-gpu"
+
+
+def test_the_config_service_hands_the_state_volumes_to_the_service_user(tmp_path, host_root):
+    compose = normalized(compose_yaml(WORKLOAD), tmp_path)
+    assert run_python_service(compose["services"]["config"], host_root).returncode == 0
+    writer = ContainerView(compose["services"]["config"], host_root)
+    inference = ContainerView(compose["services"]["inference"], host_root)
+    migrate = ContainerView(compose["services"]["migrate"], host_root)
+    spool = inference.local(compose["services"]["inference"]["environment"]["SPOOL_DIR"])
+    checkpoints = migrate.local(compose["services"]["migrate"]["environment"]["MIGRATE_CHECKPOINT_DIR"])
+    uid, gid = (int(part) for part in compose["services"]["inference"]["user"].split(":"))
+    prepared = {writer.local(d) for d in json.loads(compose["services"]["config"]["environment"]["AISTACK_DIRS"])}
+    assert prepared == {spool, checkpoints}
+    for directory in (spool, checkpoints):
+        info = directory.stat()
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (uid, gid, 0o700), directory
+
+
+def test_the_config_service_removes_files_a_release_dropped(tmp_path, host_root):
+    compose = normalized(compose_yaml(WORKLOAD), tmp_path)
+    assert run_python_service(compose["services"]["config"], host_root).returncode == 0
+    grafana = ContainerView(compose["services"]["grafana"], host_root)
+    old = grafana.local(f"{monitoring.GRAFANA_DASHBOARDS_DIR}/retired.json")
+    old.write_text("{}")
+    (old.parent / "nested").mkdir()
+    (old.parent / "nested" / "x.json").write_text("{}")
+    done = run_python_service(compose["services"]["config"], host_root)
+    assert done.returncode == 0, done.stderr
+    assert not old.exists() and not (old.parent / "nested").exists() and "removed" in done.stderr
+    assert grafana.local(f"{monitoring.GRAFANA_DASHBOARDS_DIR}/gpu.json").is_file()
+
+
+def test_the_config_service_refuses_a_broken_payload(tmp_path, host_root):
+    compose = normalized(compose_yaml(WORKLOAD), tmp_path)
+    service = dict(compose["services"]["config"])
+    service["environment"] = {**service["environment"], "AISTACK_FILES": "not base64!"}
+    done = run_python_service(service, host_root)
+    assert done.returncode != 0 and "AISTACK_FILES is not base64 of zlib-compressed JSON" in done.stderr
+    escape = dict(compose["services"]["config"])
+    escape["environment"] = {**escape["environment"], "AISTACK_FILES": encode_files({"../etc/passwd": "x"})}
+    done = run_python_service(escape, host_root)
+    assert done.returncode != 0 and "'../etc/passwd' is not a plain relative path" in done.stderr
+    assert files_under(host_root) == {}
 
 
 def runner_args(**kw: Any) -> GitlabRunnerArgs:
@@ -456,7 +551,7 @@ def test_runner_user_data_passes_cloud_init_schema(tmp_path):
 
 
 def test_generated_yaml_passes_yamllint(tmp_path):
-    files = {"compose.yml": compose_yaml(WORKLOAD), "user-data.yml": gpu_host_user_data(WORKLOAD, USERS),
+    files = {"compose.yml": compose_yaml(WORKLOAD), "user-data.yml": gpu_host_user_data(USERS),
              "runner.yml": runner_user_data(runner_args(), "e6qrunnertoken", "partner-runner"),
              **{k.replace("/", "_"): v for k, v in monitoring.monitoring_files("partner", "m").items()
                 if k.endswith(".yml")}}
@@ -470,132 +565,27 @@ def test_generated_yaml_passes_yamllint(tmp_path):
     assert run(tool("yamllint"), "-d", config, str(tmp_path / "dup.yml")).returncode != 0
 
 
-# --- the boot-time secret fetcher ------------------------------------------------------------------
-
-class _FakeCloud(BaseHTTPRequestHandler):
-    """Metadata service (IAM token) and Lockbox payload API, as documented, on 127.0.0.1."""
-
-    payloads: dict[str, list[dict[str, str]]] = {}
-    failures_left = 0
-    requests: list[str] = []
-
-    def do_GET(self) -> None:
-        self.requests.append(self.path)
-        if self.path == "/computeMetadata/v1/instance/service-accounts/default/token":
-            if self.headers.get("Metadata-Flavor") != "Google":
-                return self._send(403, {"error": "Metadata-Flavor header required"})
-            if _FakeCloud.failures_left:
-                _FakeCloud.failures_left -= 1
-                return self._send(503, {"error": "not ready"})
-            return self._send(200, {"access_token": "t0ken", "expires_in": 3600, "token_type": "Bearer"})
-        match = re.fullmatch(r"/lockbox/v1/secrets/([^/]+)/payload", self.path)
-        if match:
-            if self.headers.get("Authorization") != "Bearer t0ken":
-                return self._send(401, {"error": "unauthenticated"})
-            entries = self.payloads.get(match.group(1))
-            if entries is None:
-                return self._send(403, {"error": "permission denied"})
-            return self._send(200, {"entries": entries, "versionId": "v1"})
-        if self.path == "/cloud-certs/CA.pem":
-            body = b"-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return None
-        return self._send(404, {"error": "not found"})
-
-    def _send(self, status: int, document: dict[str, Any]) -> None:
-        body = json.dumps(document).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        return None
-
-
-@pytest.fixture
-def fake_cloud() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeCloud)
-    _FakeCloud.requests = []
-    _FakeCloud.failures_left = 0
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-TRICKY = "p@ss w0rd's $HOME `x` \"q\""
-
-
-def fetch_env(base: str, tmp_path: Path, wanted: dict[str, Any]) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "AISTACK_METADATA_URL": base, "AISTACK_LOCKBOX_URL": base,
-            "AISTACK_SECRETS": json.dumps(wanted), "AISTACK_DOWNLOADS": json.dumps(
-                {str(tmp_path / "inference/yandex-ca.pem"): f"{base}/cloud-certs/CA.pem"}),
-            "AISTACK_ATTEMPTS": "3", "AISTACK_RETRY_SECONDS": "0"}
-
-
-def test_fetcher_writes_each_consumers_entries(fake_cloud, tmp_path):
-    _FakeCloud.payloads = {"s3": [{"key": "AWS_ACCESS_KEY_ID", "textValue": "YCAJE"},
-                                  {"key": "AWS_SECRET_ACCESS_KEY", "textValue": "YCsecret"}],
-                           "db": [{"key": "PG_PASSWORD", "textValue": TRICKY}]}
-    _FakeCloud.failures_left = 1  # the metadata service is not ready on the first try
-    wanted = {str(tmp_path / "triton"): [["s3", "AWS_ACCESS_KEY_ID"], ["s3", "AWS_SECRET_ACCESS_KEY"]],
-              str(tmp_path / "inference"): [["s3", "AWS_ACCESS_KEY_ID"], ["db", "PG_PASSWORD"]]}
-    # Exactly the command the compose file gives the ``secrets`` service.
-    command = compose_document(WORKLOAD)["services"]["secrets"]["entrypoint"]
-    result = subprocess.run([sys.executable, *command[1:]], env=fetch_env(fake_cloud, tmp_path, wanted),
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "inference/PG_PASSWORD").read_text() == TRICKY
-    assert (tmp_path / "inference/PG_PASSWORD").stat().st_mode & 0o777 == 0o444
-    assert not (tmp_path / "triton/PG_PASSWORD").exists()
-    assert (tmp_path / "inference/yandex-ca.pem").read_text().startswith("-----BEGIN CERTIFICATE-----")
-    # The env file, sourced the way the containers do, yields the exact values.
-    shell = subprocess.run(["/bin/sh", "-c", f"set -a && . {tmp_path}/inference/env && set +a && "
-                                             'printf "%s|%s" "$PG_PASSWORD" "$AWS_ACCESS_KEY_ID"'],
-                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=10)
-    assert shell.stdout == f"{TRICKY}|YCAJE"
-    payload_calls = [p for p in _FakeCloud.requests if p.endswith("/payload")]
-    assert sorted(payload_calls) == ["/lockbox/v1/secrets/db/payload", "/lockbox/v1/secrets/s3/payload"], \
-        "each secret is read once"
-
-
-def test_fetcher_fails_plainly_without_the_grant(fake_cloud, tmp_path):
-    _FakeCloud.payloads = {}
-    wanted = {str(tmp_path / "inference"): [["db", "PG_PASSWORD"]]}
-    result = subprocess.run([sys.executable, "-c", fetch_script()], env=fetch_env(fake_cloud, tmp_path, wanted),
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0
-    assert "Lockbox secret db: attempt 3/3 failed: HTTP Error 403" in result.stderr
-    assert "giving up on Lockbox secret db" in result.stderr
-    assert not (tmp_path / "inference/PG_PASSWORD").exists()
-
-
-def test_fetcher_refuses_a_missing_entry(fake_cloud, tmp_path):
-    _FakeCloud.payloads = {"db": [{"key": "OTHER", "textValue": "x"}]}
-    wanted = {str(tmp_path / "inference"): [["db", "PG_PASSWORD"]]}
-    result = subprocess.run([sys.executable, "-c", fetch_script()], env=fetch_env(fake_cloud, tmp_path, wanted),
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0 and "Lockbox secret db has no entry 'PG_PASSWORD'" in result.stderr
-
-
 # --- limits on the generated files --------------------------------------------------------------------
 
 def test_user_data_over_the_metadata_limit_is_refused():
     from components.base import ValidationError
     from components.host_workload import METADATA_VALUE_LIMIT, cloud_config
 
-    assert len(gpu_host_user_data(WORKLOAD, USERS).encode()) < METADATA_VALUE_LIMIT / 2
+    assert len(gpu_host_user_data(USERS).encode()) < METADATA_VALUE_LIMIT / 2
     with pytest.raises(ValidationError, match=r"user-data is \d+ bytes: the instance metadata takes at most 262144 "
                                               r"bytes per key; shrink the generated files"):
         cloud_config(USERS, {"/opt/big": "x" * METADATA_VALUE_LIMIT})
+
+
+def test_compose_file_over_the_metadata_limit_is_refused(monkeypatch):
+    from components import host_workload
+    from components.base import ValidationError
+
+    assert len(compose_yaml(WORKLOAD).encode()) < host_workload.METADATA_VALUE_LIMIT / 4
+    monkeypatch.setattr(host_workload, "fetch_script", lambda: "x = 1  # " + "y" * host_workload.METADATA_VALUE_LIMIT)
+    with pytest.raises(ValidationError, match=r"the compose file is \d+ bytes: the instance metadata takes at most "
+                                              r"262144 bytes per key"):
+        compose_yaml(WORKLOAD)
 
 
 @pytest.mark.parametrize("image", ["prom/prometheus", "prom/prometheus:latest", "grafana/grafana@sha256:abc",

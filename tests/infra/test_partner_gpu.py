@@ -6,7 +6,8 @@ import pytest
 
 from components.base import ValidationError
 from components.gpu import A100, T4, check_gpu_platform, check_gpu_shape, check_gpu_zone
-from components.gpu_host import GpuHost, GpuHostArgs
+from components.gpu_host import REPLACE_ON_USER_DATA, GpuHost, GpuHostArgs
+from tests.infra.resource_options import Registered, lookup, record_options
 
 LABELS = {"project": "aistack", "stage": "partner"}
 T4_SHAPES = "exactly 1 GPU with 4/16, 8/32, 16/64 or 32/128 vCPU/GB"
@@ -108,6 +109,17 @@ def test_gpu_host_as_registered(run_component):
     image = rec.one("ComputeImage").inputs
     assert image["sourceFamily"] == "container-optimized-image-gpu" and image["folderId"] == "f"
     assert rec.one("VpcAddress").inputs["externalIpv4Address"] == {"zoneId": "ru-central1-a"}
+
+
+def test_a_user_data_change_replaces_the_host(run_component, monkeypatch):
+    """cloud-init applies user-data once per instance: a change of it is made by a new instance, the old one
+    deleted first (its name and static address cannot be held by two instances)."""
+    registered = record_options(monkeypatch)
+    rec = run_component(lambda: GpuHost("gpu", host_args(), LABELS))
+    vm = rec.one("ComputeInstance")
+    assert registered[vm.name] == Registered(('metadata["user-data"]',), delete_before_replace=True)
+    assert lookup(vm.inputs, REPLACE_ON_USER_DATA) == "#cloud-config\n{}\n"
+    assert not any(o.replace_on_changes for name, o in registered.items() if name != vm.name)
 
 
 def test_pinned_image_and_ephemeral_address(run_component):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +194,12 @@ def test_host_workload_is_wired_to_the_stage(run_stack, model):
     assert wanted["/run/secrets/triton"][0] == ["(partner-inference-s3-key.id)", "AWS_ACCESS_KEY_ID"]
     assert (f"--model-repository=s3://https://storage.yandexcloud.net:443/aistack-partner-b1gexamplefolder0prt/"
             f"models/digits/{sha}/triton") in services["triton"]["command"][-1]
-    files = {f["path"] for f in user_data["write_files"]}
-    assert "/opt/aistack/prometheus/rules/aistack.yml" in files
+    # the monitoring configuration travels in the compose file (its config service writes it), not in cloud-init
+    assert "write_files" not in user_data and "runcmd" not in user_data
+    shipped = json.loads(zlib.decompress(base64.b64decode(services["config"]["environment"]["AISTACK_FILES"])))
+    assert "prometheus/rules/aistack.yml" in shipped
+    assert services["config"]["environment"]["AISTACK_FILES_ROOT"] == "/opt/aistack"
+    assert "/opt/aistack/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
     config = next(r for r in rec.of_type("StorageObject") if r.name == "partner-triton-config").inputs
     assert config["content"] == config_pbtxt(card)
 
