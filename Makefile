@@ -37,7 +37,7 @@ unit: venv-dev
 lock-check:
 	$(PYTHON) scripts/lock.py --check
 
-## Re-resolve the locks after changing pyproject.toml, requirements/*.in or service/requirements.in
+## Re-resolve the locks after changing pyproject.toml, requirements/*.in or service/requirements*.in
 ## (keeps every pin that still fits); `make lock UPGRADE=1` moves every pin to the newest release.
 lock: venv-dev
 	$(BIN)/python scripts/lock.py $(if $(UPGRADE),--upgrade)
@@ -51,4 +51,4 @@ plan: venv
 	$(BIN)/stagectl plan mvp
 
 clean:
-	rm -rf $(VENV) .venv-tf .venv-triton build .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-tf .venv-triton .venv-kserve build .mypy_cache .ruff_cache .pytest_cache

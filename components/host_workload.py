@@ -97,6 +97,8 @@ SECRETS_READY_FILE = f"{SECRETS_ROOT}/.ready"
 SPOOL_DIR = "/var/lib/aistack/spool"
 MIGRATE_STATE_DIR = "/var/lib/aistack/migrate"
 STATE_VOLUMES = {"spool": SPOOL_DIR, "migrate-state": MIGRATE_STATE_DIR}
+#: between `docker compose stop`'s SIGTERM and SIGKILL for the inference service
+STOP_GRACE_SECONDS = 30
 #: Environment variable carrying the sha256 of the configuration files a service mounts.
 CONFIG_DIGEST_ENV = "AISTACK_CONFIG_SHA256"
 #: Where each service mounts the generated configuration: (directory under CONFIG_ROOT, mount point).
@@ -379,8 +381,14 @@ def compose_document(w: GpuHostWorkload) -> dict[str, Any]:
                 "LOG_LEVEL": w.log_level,
                 "MAX_INSTANCES": str(w.max_instances),
                 "SPOOL_DIR": SPOOL_DIR,
+                # answered requests' records are fsynced to the spool volume first: a killed
+                # container loses none, its restart replays them (service/README.md, "Durability")
+                "STORE_DURABILITY": "wal",
+                "SHUTDOWN_GRACE_SECONDS": str(STOP_GRACE_SECONDS),
             },
             "volumes": [_secrets_mount("inference"), f"spool:{SPOOL_DIR}"],
+            # Compose's default is 10 s; the service plans its stop (requests, flush, spill) to fit
+            "stop_grace_period": f"{STOP_GRACE_SECONDS}s",
             "ports": [f"{SERVICE_PORT}:{SERVICE_PORT}"],
             "depends_on": {**written, **configured, "triton": {"condition": "service_started"}},
             "restart": "unless-stopped",

@@ -2,7 +2,7 @@
 # Installs what the test suite needs beyond the Python packages, once:
 #   - the Debian packages listed in requirements/apt.txt;
 #   - the npm packages of every test folder that has a package-lock.json (validators, runners);
-#   - the TensorFlow and Triton virtualenvs, and the Pulumi CLI built from its Go module.
+#   - the TensorFlow, Triton and KServe-client virtualenvs, and the Pulumi CLI built from its Go module.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,4 +37,5 @@ install_debian_packages
 install_npm_packages
 scripts/tf-venv.sh
 scripts/triton-venv.sh
+scripts/venv.sh kserve
 scripts/pulumi-cli.sh >/dev/null

@@ -19,9 +19,10 @@ input changed without the lock. The environments (``LOCKS`` below):
 - ``requirements.txt``: ``.venv`` for ``make demo`` and for ``pulumi up`` (Pulumi's pip toolchain
   installs it when it creates ``.venv``): the project and the service, at the versions of
   ``dev.txt``;
-- ``service/requirements.txt``: the service image, at the versions of ``dev.txt`` (what the tests
-  ran is what ships);
-- ``requirements/tf.txt`` and ``requirements/triton.txt``: ``.venv-tf`` and ``.venv-triton``.
+- ``service/requirements/<stage>.txt``: the service image of each stage (its backend's and store's
+  clients only), at the versions of ``dev.txt`` (what the tests ran is what ships);
+- ``requirements/tf.txt``, ``requirements/triton.txt`` and ``requirements/kserve.txt``: ``.venv-tf``,
+  ``.venv-triton`` and ``.venv-kserve``.
 
 uv is the resolver (``uv pip compile``): fast, universal resolution with hashes, and it keeps the
 pins of an existing output unless told to upgrade. ``make lock`` runs this with the uv of ``.venv``.
@@ -77,10 +78,14 @@ LOCKS: tuple[Lock, ...] = (
     Lock("requirements.txt", ("pyproject.toml", "requirements/bootstrap.in"), extras=("service",),
          constraints=("requirements/dev.txt",), build_backend=True,
          description=".venv for make demo and pulumi up (Pulumi.yaml: toolchain pip, virtualenv .venv)"),
-    Lock("service/requirements.txt", ("service/requirements.in",), constraints=("requirements/dev.txt",),
-         description="the service image (service/Dockerfile), at the versions the tests ran"),
+    *(Lock(f"service/requirements/{stage}.txt", (f"service/requirements/{stage}.in",),
+           constraints=("requirements/dev.txt",),
+           description=f"the {stage} service image (service/Dockerfile, STAGE={stage}), at the versions the tests ran")
+      for stage in ("mvp", "partner", "prod")),
     Lock("requirements/tf.txt", ("requirements/tf.in",),
          description=".venv-tf: TensorFlow for the SavedModel export and the TF Serving tests"),
+    Lock("requirements/kserve.txt", ("requirements/kserve.in",),
+         description=".venv-kserve: KServe's Python client for the service's client tests"),
     Lock("requirements/triton.txt", ("requirements/triton.in",),
          description=".venv-triton: the standalone tritonserver of the tests and the benchmark"),
 )

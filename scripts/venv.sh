@@ -6,6 +6,7 @@
 #   scripts/venv.sh dev       # .venv from requirements/dev.txt (make test: runtime + tests and tools)
 #   scripts/venv.sh tf        # .venv-tf from requirements/tf.txt (TensorFlow)
 #   scripts/venv.sh triton    # .venv-triton from requirements/triton.txt (tritonserver)
+#   scripts/venv.sh kserve    # .venv-kserve from requirements/kserve.txt (KServe's Python client)
 #
 # The installer is uv (requirements/bootstrap.txt pins it, and pip, with hashes; pip installs it
 # into .venv first). A stamp in the virtualenv records the sha256 of the lock it was synced to, so
@@ -19,13 +20,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python="${PYTHON:-python3}"
-kind="${1:?usage: scripts/venv.sh runtime|dev|tf|triton}"
+kind="${1:?usage: scripts/venv.sh runtime|dev|tf|triton|kserve}"
 case "$kind" in
   runtime) venv=.venv;         lock=requirements.txt;         also_ok=requirements/dev.txt; editable=1 ;;
   dev)     venv=.venv;         lock=requirements/dev.txt;     also_ok="";                   editable=1 ;;
   tf)      venv=.venv-tf;      lock=requirements/tf.txt;      also_ok="";                   editable=0 ;;
   triton)  venv=.venv-triton;  lock=requirements/triton.txt;  also_ok="";                   editable=0 ;;
-  *) echo "venv.sh: unknown environment '$kind' (runtime, dev, tf or triton)" >&2; exit 2 ;;
+  kserve)  venv=.venv-kserve;  lock=requirements/kserve.txt;  also_ok="";                   editable=0 ;;
+  *) echo "venv.sh: unknown environment '$kind' (runtime, dev, tf, triton or kserve)" >&2; exit 2 ;;
 esac
 stamp="$venv/.synced-lock"
 

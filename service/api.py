@@ -20,6 +20,7 @@ from service import __version__
 from service.errors import ApiError, BodyTooLarge, error_bytes, too_large
 from service.schemas import api_models, component_schemas
 from service.validation import F32_MAX
+from service.wire import Wire
 
 if TYPE_CHECKING:
     from service.app import Service
@@ -91,24 +92,24 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("get", "/v2/models/{name}/ready"): {
         "responses": {
-            "200": ("the model is ready (empty body)", None),
-            "400": ("the model is not ready (empty body)", None),
+            "200": ('the model is ready: {"name": ..., "ready": true}', "ModelReady"),
+            "400": ('the model is not ready: {"name": ..., "ready": false}', "ModelReady"),
             "404": ("unknown model", "ErrorResponse"),
         }
     },
     ("get", "/v2/models/{name}/versions/{version}/ready"): {
         "responses": {
-            "200": ("the model version is ready (empty body)", None),
-            "400": ("the model is not ready (empty body)", None),
+            "200": ('the model version is ready: {"name": ..., "ready": true}', "ModelReady"),
+            "400": ('the model is not ready: {"name": ..., "ready": false}', "ModelReady"),
             "404": ("unknown model or version", "ErrorResponse"),
         }
     },
     ("get", "/v2"): {"responses": {"200": ("server metadata", "ServerMetadata")}},
-    ("get", "/v2/health/live"): {"responses": {"200": ("the server is live (empty body)", None)}},
+    ("get", "/v2/health/live"): {"responses": {"200": ('the server is live: {"live": true}', "ServerLive")}},
     ("get", "/v2/health/ready"): {
         "responses": {
-            "200": ("the server is ready (empty body)", None),
-            "400": ("not ready (empty body)", None),
+            "200": ('the server is ready: {"ready": true}', "ServerReady"),
+            "400": ('not ready: {"ready": false}', "ServerReady"),
         }
     },
     ("get", "/healthz"): {"responses": {"200": ("the process is alive", "Health")}},
@@ -127,11 +128,32 @@ def _response(description: str, schema: str | None) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": {"$ref": REF.format(model=schema)}}}}
 
 
-def _answer(answer: tuple[int, bytes]) -> Response:
-    status, body = answer
+def _answer(answer: tuple[int, bytes] | tuple[int, bytes, list[tuple[bytes, bytes]] | None]) -> Response:
+    status, body = answer[0], answer[1]
+    extra = answer[2] if len(answer) == 3 else None
     if not body:
         return Response(status_code=status)
-    return Response(body, status_code=status, media_type=JSON)
+    response = Response(body, status_code=status, media_type=JSON)
+    for name, value in extra or ():
+        key = name.decode("latin-1")
+        if key == "content-type":
+            del response.headers[key]
+        response.headers.append(key, value.decode("latin-1"))
+    return response
+
+
+def _wire(request: Request) -> Wire | None:
+    headers = request.headers
+    length = headers.get("inference-header-content-length")
+    coding = headers.get("content-encoding")
+    accept = headers.get("accept-encoding")
+    if length is None and coding is None and accept is None:
+        return None
+    return Wire(
+        length.encode("latin-1") if length is not None else None,
+        coding.encode("latin-1") if coding is not None else None,
+        accept.encode("latin-1") if accept is not None else None,
+    )
 
 
 def _rid(request: Request) -> str:
@@ -195,7 +217,7 @@ def build_fastapi(svc: Service) -> FastAPI:
 
     @app.post("/v1/predict", tags=["predict"], summary="Predict classes for rows of features")
     async def predict(request: Request) -> Response:
-        return _answer(await svc.predict(request.receive, _key(request), _rid(request)))
+        return _answer(await svc.predict(request.receive, _key(request), _rid(request), _wire(request)))
 
     @app.get("/v1/model", tags=["predict"], summary="The card of the served model")
     async def model_card() -> Response:
@@ -219,7 +241,7 @@ def build_fastapi(svc: Service) -> FastAPI:
 
     @app.get("/v2/health/live", tags=["v2"], summary="Server liveness")
     async def v2_live() -> Response:
-        return Response(status_code=200)
+        return _answer(svc.server_live())
 
     @app.get("/v2/health/ready", tags=["v2"], summary="Server readiness")
     async def v2_ready() -> Response:
@@ -243,11 +265,11 @@ def build_fastapi(svc: Service) -> FastAPI:
 
     @app.post("/v2/models/{name}/infer", tags=["v2"], summary="Inference (Open Inference Protocol)")
     async def v2_infer(request: Request, name: str) -> Response:
-        return _answer(await svc.infer(request.receive, _key(request), _rid(request), name, None))
+        return _answer(await svc.infer(request.receive, _key(request), _rid(request), name, None, _wire(request)))
 
     @app.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"], summary="Inference on a model version")
     async def v2_infer_version(request: Request, name: str, version: str) -> Response:
-        return _answer(await svc.infer(request.receive, _key(request), _rid(request), name, version))
+        return _answer(await svc.infer(request.receive, _key(request), _rid(request), name, version, _wire(request)))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:

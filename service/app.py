@@ -31,7 +31,9 @@ from service.model_source import ModelArtifact, ModelLoadError, fetch_model
 from service.prediction_log import PredictionLog
 from service.settings import Settings
 from service.stores import create_store
+from service.threads import DaemonExecutor
 from service.validation import F32_MAX, InputRules, parse_infer, parse_predict
+from service.wire import HEADER_LENGTH, OCTET_STREAM, Wire, choose_encoding, decode_body, encode, split_body
 
 if TYPE_CHECKING:
     from service.asgi import ServiceASGI
@@ -92,6 +94,12 @@ class LoadedModel:
 
 
 Answer = tuple[int, bytes]
+#: extra response headers (a content type other than JSON, content coding, binary framing)
+Headers = list[tuple[bytes, bytes]]
+#: a prediction endpoint's answer: status, body, extra headers (or None)
+Reply = tuple[int, bytes, Headers | None]
+_EMPTY = memoryview(b"")
+_VARY = (b"vary", b"accept-encoding")
 
 
 def _dumps(content: Any) -> bytes:
@@ -130,6 +138,8 @@ class Service:
             flush_seconds=settings.store_flush_seconds,
             retry_seconds=settings.store_retry_seconds,
             queue_max=settings.store_queue_max,
+            store_timeout=settings.store_timeout_seconds,
+            durability=settings.store_durability,
         )
         inference = self.metrics.inference.labels(self.backend.name)
         batch_rows = self.metrics.batch_rows
@@ -150,6 +160,7 @@ class Service:
         self._api_key = settings.api_key_value.encode() if settings.api_key_value else None
         self._s3: Any = None
         self._retry_task: asyncio.Task[None] | None = None
+        self._fetcher = DaemonExecutor(1, "model-fetch")
         self._prediction_counter: Any = None
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -161,14 +172,25 @@ class Service:
         if not loaded and self.settings.model_retry_seconds > 0:
             self._retry_task = asyncio.get_running_loop().create_task(self._retry_loop(), name="model-retry")
 
-    async def stop(self) -> None:
+    async def stop(self, deadline: float | None = None) -> None:
+        """Stop; with ``deadline`` (``loop.time()``), everything is done by then: the prediction log
+        writes what the store takes before it and spills the rest to disk."""
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.settings.shutdown_grace_seconds
         if self._retry_task is not None:
             self._retry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retry_task
         await self.dispatcher.stop()
-        await self.prediction_log.close()
-        await self.backend.close()
+        await self.prediction_log.close(deadline)
+        left = deadline - loop.time()
+        if left > 0:
+            try:
+                async with asyncio.timeout(left):
+                    await self.backend.close()
+            except TimeoutError:
+                log.warning("closing the backend %s did not finish before the shutdown deadline", self.backend.name)
         self.access_log.flush()
         log.info("service stopped")
 
@@ -182,7 +204,9 @@ class Service:
     async def load_model(self) -> bool:
         s = self.settings
         try:
-            artifact = await asyncio.to_thread(
+            # a daemon thread: a model fetch stuck on an S3 endpoint that never answers must not
+            # hold the process past its grace period at shutdown
+            artifact = await self._fetcher.run(
                 fetch_model, s.model_uri, s.model_card_uri, s.model_sha256, self._s3_client
             )
             await self.backend.load(artifact)
@@ -297,7 +321,30 @@ class Service:
     # bytes): the ASGI entry point (service.asgi) calls them directly for the hot path, and the
     # FastAPI routes, which publish them in OpenAPI, call the same methods.
 
-    async def predict(self, receive: Any, api_key: bytes | None, request_id: str) -> tuple[int, bytes]:
+    async def _body(self, receive: Any, wire: Wire | None, framed: bool) -> tuple[bytes, memoryview]:
+        """The request body with its content coding removed, split into (JSON, binary tensor data)
+        when ``framed`` and the client sent ``Inference-Header-Content-Length``."""
+        body = await self.read_body(receive)
+        if wire is None:
+            return body, _EMPTY
+        if wire.content_encoding is not None:
+            body = decode_body(body, wire.content_encoding, self.settings.max_body_bytes)
+        if framed and wire.header_length is not None:
+            return split_body(body, wire.header_length)
+        return body, _EMPTY
+
+    @staticmethod
+    def _reply(content: bytes, wire: Wire | None, headers: Headers | None = None) -> Reply:
+        """A 200 answer, compressed when the client's ``Accept-Encoding`` allows it."""
+        if wire is None or wire.accept_encoding is None:
+            return 200, content, headers
+        coding = choose_encoding(wire.accept_encoding)
+        if coding is None:
+            return 200, content, headers
+        extra = [*(headers or ()), (b"content-encoding", coding.encode()), _VARY]
+        return 200, encode(content, coding), extra
+
+    async def predict(self, receive: Any, api_key: bytes | None, request_id: str, wire: Wire | None = None) -> Reply:
         """``POST /v1/predict``."""
         start = time.perf_counter()
         wall = time.time()
@@ -307,14 +354,15 @@ class Service:
             model = self.model
             if model is None:
                 raise self._not_ready()
-            rows = parse_predict(await self.read_body(receive), model.rules)
+            body, _ = await self._body(receive, wire, False)
+            rows = parse_predict(body, model.rules)
         except ApiError as exc:
-            return exc.status, error_bytes(exc.field, exc.rule, exc.message, request_id)
+            return exc.status, error_bytes(exc.field, exc.rule, exc.message, request_id), None
         try:
             probabilities = await self.dispatcher.predict(rows)
         except BackendError as exc:
             log.error("inference failed for request %s: %s", request_id, exc)
-            return exc.status, error_bytes(exc.field, exc.rule, exc.public_message, request_id)
+            return exc.status, error_bytes(exc.field, exc.rule, exc.public_message, request_id), None
         labels = model.labels(probabilities)
         content = orjson.dumps(
             {
@@ -326,8 +374,8 @@ class Service:
             option=_NUMPY,
         )
         if b"null" in content and not _finite(probabilities):  # NaN serialises as null
-            return _nonfinite(probabilities, "instances", request_id)
-        self.prediction_log.record(
+            return (*_nonfinite(probabilities, "instances", request_id), None)
+        durable = self.prediction_log.record(
             request_id,
             "v1",
             model.name,
@@ -338,49 +386,71 @@ class Service:
             probabilities,
             labels,
         )
+        if durable is not None:
+            await durable
         self._prediction_counter.inc(len(labels))
-        return 200, content
+        return self._reply(content, wire)
 
     async def infer(
-        self, receive: Any, api_key: bytes | None, request_id: str, name: str, version: str | None
-    ) -> tuple[int, bytes]:
-        """``POST /v2/models/{name}[/versions/{version}]/infer`` (Open Inference Protocol)."""
+        self,
+        receive: Any,
+        api_key: bytes | None,
+        request_id: str,
+        name: str,
+        version: str | None,
+        wire: Wire | None = None,
+    ) -> Reply:
+        """``POST /v2/models/{name}[/versions/{version}]/infer`` (Open Inference Protocol, with the
+        binary tensor data extension)."""
         start = time.perf_counter()
         wall = time.time()
         try:
             if self._api_key is not None and not self.authorized(api_key):
                 raise self._unauthorized()
             model = self._model_named(name, version)
-            parsed = parse_infer(await self.read_body(receive), model.input_name, model.rules, model.output_names)
+            body, binary = await self._body(receive, wire, True)
+            parsed = parse_infer(body, model.input_name, model.rules, model.output_names, binary, model.name)
         except ApiError as exc:
-            return exc.status, error_bytes(exc.field, exc.rule, exc.message, request_id)
+            return exc.status, error_bytes(exc.field, exc.rule, exc.message, request_id), None
         try:
             probabilities = await self.dispatcher.predict(parsed.rows)
         except BackendError as exc:
             log.error("inference failed for request %s: %s", request_id, exc)
-            return exc.status, error_bytes(exc.field, exc.rule, exc.public_message, request_id)
+            return exc.status, error_bytes(exc.field, exc.rule, exc.public_message, request_id), None
         if not _finite(probabilities):
-            return _nonfinite(probabilities, "inputs[0].data", request_id)
+            field = "inputs[0].data" if not binary else "inputs[0].binary_data"
+            return (*_nonfinite(probabilities, field, request_id), None)
         labels = model.labels(probabilities)
         n = len(labels)
         outputs: list[dict[str, Any]] = []
-        for out in parsed.outputs or model.output_names:
+        blobs: list[bytes] = []
+        requested = parsed.outputs or [(out, parsed.binary_output) for out in model.output_names]
+        for out, as_binary in requested:
+            tensor: dict[str, Any]
             if out == model.label_name:
-                outputs.append({"name": out, "datatype": "INT64", "shape": [n], "data": labels})
+                tensor = {"name": out, "datatype": "INT64", "shape": [n]}
+                if as_binary:
+                    blobs.append(np.asarray(labels, dtype="<i8").tobytes())
+                else:
+                    tensor["data"] = labels
             else:
-                outputs.append(
-                    {
-                        "name": out,
-                        "datatype": "FP32",
-                        "shape": [n, probabilities.shape[1]],
-                        "data": probabilities.reshape(-1),
-                    }
-                )
+                tensor = {"name": out, "datatype": "FP32", "shape": [n, probabilities.shape[1]]}
+                if as_binary:
+                    blobs.append(np.ascontiguousarray(probabilities, dtype="<f4").tobytes())
+                else:
+                    tensor["data"] = probabilities.reshape(-1)
+            if as_binary:
+                tensor["parameters"] = {"binary_data_size": len(blobs[-1])}
+            outputs.append(tensor)
         response: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": outputs}
         if parsed.id is not None:
             response["id"] = parsed.id
         content = orjson.dumps(response, option=_NUMPY)
-        self.prediction_log.record(
+        headers: Headers | None = None
+        if blobs:
+            headers = [(HEADER_LENGTH, str(len(content)).encode()), (b"content-type", OCTET_STREAM)]
+            content = b"".join([content, *blobs])
+        durable = self.prediction_log.record(
             request_id,
             "v2",
             model.name,
@@ -391,8 +461,10 @@ class Service:
             probabilities,
             labels,
         )
+        if durable is not None:
+            await durable
         self._prediction_counter.inc(n)
-        return 200, content
+        return self._reply(content, wire, headers)
 
     def _model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         model = self._model_named(name, version)
@@ -443,7 +515,9 @@ class Service:
         return self.metrics.render()
 
     def server_metadata(self) -> Answer:
-        return 200, _dumps({"name": self.settings.service_name, "version": __version__, "extensions": []})
+        return 200, _dumps(
+            {"name": self.settings.service_name, "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
 
     def model_card(self) -> Answer:
         model = self.model
@@ -461,18 +535,27 @@ class Service:
             return exc.status, error_bytes(exc.field, exc.rule, exc.message, request_id)
 
     async def model_ready(self, name: str, version: str | None, request_id: str | None = None) -> Answer:
-        """OIP model readiness: 200 / 400 with an empty body; 404 JSON for an unknown model."""
+        """OIP model readiness: 200 ``{"name", "ready": true}`` / 400 ``{"name", "ready": false}``;
+        404 JSON error for an unknown model."""
         try:
             self._model_named(name, version)
         except ApiError as exc:
             if exc.status == 503:
-                return 400, b""
+                return 400, _dumps({"name": name, "ready": False})
             return exc.status, error_bytes(exc.field, exc.rule, exc.message, request_id)
-        return (200 if await self.backend.ready() else 400), b""
+        ready = await self.backend.ready()
+        return (200 if ready else 400), _dumps({"name": name, "ready": ready})
+
+    @staticmethod
+    def server_live() -> Answer:
+        """OIP server liveness: 200 ``{"live": true}``."""
+        return 200, b'{"live":true}'
 
     async def server_ready(self) -> Answer:
-        """OIP server readiness: 200 / 400 with an empty body."""
-        return (200 if await self.ready() else 400), b""
+        """OIP server readiness: 200 ``{"ready": true}`` / 400 ``{"ready": false}``."""
+        if await self.ready():
+            return 200, b'{"ready":true}'
+        return 400, b'{"ready":false}'
 
 
 def create_app(settings: Settings | None = None, backend: InferenceBackend | None = None) -> ServiceASGI:

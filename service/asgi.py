@@ -27,6 +27,7 @@ from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from service.errors import BodyTooLarge, error_bytes
+from service.wire import Wire
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -47,10 +48,20 @@ _ROUTE_INFER = "/v2/models/{name}/infer"
 _ROUTE_INFER_VERSION = "/v2/models/{name}/versions/{version}/infer"
 _JSON = b"application/json"
 _PROBES = frozenset(["/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"])
+_WIRE_HEADERS = {
+    b"inference-header-content-length": "header_length",
+    b"content-encoding": "content_encoding",
+    b"accept-encoding": "accept_encoding",
+}
 
 
 _ID_PREFIX = secrets.token_hex(6)
 _id_counter = itertools.count(1)
+
+
+def shutdown_margin(grace: float) -> float:
+    """What of the grace period is kept for the process to exit after the service stopped."""
+    return max(0.5, min(2.0, 0.1 * grace))
 
 
 def new_request_id() -> str:
@@ -69,6 +80,8 @@ class ServiceASGI:
         self._fastapi: FastAPI | None = None
         self._build_lock = threading.Lock()
         self._warm_task: asyncio.Future[Any] | None = None
+        #: ``time.monotonic()`` of the signal that asked the server to stop (set by ``python -m service``)
+        self.stop_requested_at: float | None = None
 
     @property
     def fastapi(self) -> FastAPI:
@@ -100,9 +113,18 @@ class ServiceASGI:
                         await self._warm_task
                     except Exception:
                         log.exception("building the FastAPI app failed")
-                await self.service.stop()
+                await self.service.stop(self.shutdown_deadline())
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def shutdown_deadline(self) -> float:
+        """``loop.time()`` by which the service must have stopped: ``SHUTDOWN_GRACE_SECONDS`` after
+        the stop signal, less a margin for the process to exit."""
+        grace = self.service.settings.shutdown_grace_seconds
+        margin = shutdown_margin(grace)
+        asked = self.stop_requested_at if self.stop_requested_at is not None else time.monotonic()
+        left = asked + grace - margin - time.monotonic()
+        return asyncio.get_running_loop().time() + max(0.5, left)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -117,6 +139,7 @@ class ServiceASGI:
         api_key: bytes | None = None
         content_length: int | None = None
         bad_length = False
+        wire: Wire | None = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -129,6 +152,10 @@ class ServiceASGI:
                     request_id = candidate
             elif name == b"x-api-key":
                 api_key = value
+            elif name in _WIRE_HEADERS:
+                if wire is None:
+                    wire = Wire()
+                setattr(wire, _WIRE_HEADERS[name], value)
         if request_id is None:
             request_id = new_request_id()
         scope["request_id"] = request_id
@@ -165,10 +192,10 @@ class ServiceASGI:
                 await _respond(send, status, body, request_id)
             elif hot is not None:
                 if hot[1] is None:
-                    status, body = await self.service.predict(receive, api_key, request_id)
+                    status, body, extra = await self.service.predict(receive, api_key, request_id, wire)
                 else:
-                    status, body = await self.service.infer(receive, api_key, request_id, hot[1], hot[2])
-                await _respond(send, status, body, request_id)
+                    status, body, extra = await self.service.infer(receive, api_key, request_id, hot[1], hot[2], wire)
+                await _respond(send, status, body, request_id, _JSON, extra)
             elif method == "GET" and path in _PROBES:
                 route = path
                 if path == "/metrics":
@@ -221,7 +248,7 @@ class ServiceASGI:
             return svc.healthz()
         if path == "/v2/health/ready":
             return await svc.server_ready()
-        return 200, b""  # /v2/health/live
+        return svc.server_live()  # /v2/health/live
 
     @staticmethod
     def _hot_route(method: str, path: str) -> tuple[str, str | None, str | None] | None:
@@ -256,9 +283,20 @@ def _limited(receive: Any, limit: int) -> Any:
     return wrapped
 
 
-async def _respond(send: Any, status: int, body: bytes, request_id: str, content_type: bytes = _JSON) -> None:
+async def _respond(
+    send: Any,
+    status: int,
+    body: bytes,
+    request_id: str,
+    content_type: bytes = _JSON,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     headers = [(b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode())]
-    if body:
+    if extra:
+        headers.extend(extra)
+        if body and not any(name == b"content-type" for name, _ in extra):
+            headers.append((b"content-type", content_type))
+    elif body:
         headers.append((b"content-type", content_type))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

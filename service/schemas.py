@@ -58,7 +58,20 @@ class Readiness(BaseModel):
 class ServerMetadata(BaseModel):
     name: str
     version: str
-    extensions: list[str]
+    extensions: list[str] = Field(description="binary_tensor_data: the binary tensor data extension")
+
+
+class ServerLive(BaseModel):
+    live: bool
+
+
+class ServerReady(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
 
 
 class TensorMetadata(BaseModel):
@@ -86,7 +99,10 @@ class OutputTensor(BaseModel):
     name: str
     datatype: str
     shape: list[int]
-    data: list[float] | list[int]
+    data: list[float] | list[int] | None = Field(
+        default=None, description="absent when the output is binary (parameters.binary_data_size gives its bytes)"
+    )
+    parameters: dict[str, Any] | None = None
 
 
 class InferResponse(BaseModel):
@@ -128,7 +144,15 @@ def api_models(
         name=(name_type, ...),
         shape=(shape, Field(description="[rows, features]")),
         datatype=(datatype, Field(description="converted to FP32")),
-        data=(list[number] | list[row], Field(min_length=1, description="row-major flat data or nested rows")),  # type: ignore[valid-type]
+        data=(
+            list[number] | list[row] | None,  # type: ignore[valid-type]
+            Field(
+                default=None,
+                min_length=1,
+                description="row-major flat data or nested rows; absent when parameters.binary_data_size "
+                "gives the size of the input's binary data after the JSON (Inference-Header-Content-Length)",
+            ),
+        ),
         parameters=(dict[str, Any] | None, None),
     )
     requested = create_model(
@@ -141,6 +165,7 @@ def api_models(
         "InferRequest",
         __config__=ConfigDict(extra="forbid"),
         id=(str | None, None),
+        model_name=(str | None, Field(default=None, description="if given, the model of the path")),
         parameters=(dict[str, Any] | None, None),
         inputs=(list[infer_input], Field(min_length=1, max_length=1)),
         outputs=(list[requested] | None, None),
@@ -153,6 +178,9 @@ def api_models(
         "Health": Health,
         "Readiness": Readiness,
         "ServerMetadata": ServerMetadata,
+        "ServerLive": ServerLive,
+        "ServerReady": ServerReady,
+        "ModelReady": ModelReady,
         "ModelMetadata": ModelMetadata,
         "InferResponse": InferResponse,
     }

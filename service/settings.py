@@ -87,7 +87,13 @@ class Settings(BaseModel):
     store_flush_seconds: float = Field(default=2.0, gt=0)
     store_retry_seconds: float = Field(default=5.0, gt=0)
     store_queue_max: int = Field(default=10_000, ge=1)
+    store_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    store_durability: Literal["buffered", "wal"] = "buffered"
     spool_dir: Path = Path("var/spool")
+    # The platform's grace period between SIGTERM and SIGKILL: Kubernetes'
+    # terminationGracePeriodSeconds (default 30, less a preStop hook's time), Docker Compose's
+    # stop_grace_period (default 10 s). The stop is planned to finish before it.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=1, le=3600)
 
     # PostgreSQL store (STORE=postgres); the password comes from PG_PASSWORD, never from PG_DSN
     pg_dsn: str | None = None
@@ -116,7 +122,7 @@ class Settings(BaseModel):
     s3_connect_timeout: float = Field(default=DEFAULT_CONNECT_TIMEOUT, gt=0)
     s3_read_timeout: float = Field(default=DEFAULT_READ_TIMEOUT, gt=0)
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "store_durability", mode="before")
     @classmethod
     def _lower_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

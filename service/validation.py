@@ -11,6 +11,7 @@ and within the model's input range when its card declares one (``inputs[0].range
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -43,13 +44,59 @@ class InputRules:
         return self.low > -F32_MAX or self.high < F32_MAX
 
 
-def parse_json(body: bytes) -> Any:
+_NON_JSON_NUMBERS = (b"NaN", b"nan", b"Infinity", b"infinity", b"inf", b"Inf")
+_MAX_DEPTH = 1024  # orjson's limit
+
+
+def parse_json(body: bytes, hint: str = "") -> Any:
+    """``body`` parsed; a 400 whose message names the actual fault (position, depth, UTF-8,
+    NaN/Infinity) otherwise. ``hint`` is appended to syntax errors after the end of a document."""
     if not body:
         raise ApiError(400, "body", "required", "the request body is empty; send a JSON object")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "body", "json", f"invalid JSON ({exc}); NaN and Infinity are not JSON") from None
+        raise ApiError(400, "body", "json", json_fault(body, exc, hint)) from None
+
+
+def json_fault(body: bytes, exc: orjson.JSONDecodeError, hint: str = "") -> str:
+    """What is wrong with ``body``, in words a client can act on."""
+    msg, pos = exc.msg, exc.pos
+    if hint and _document_then_more(body):
+        return f"invalid JSON: bytes follow the end of the JSON document; {hint}"
+    if "UTF-8" in msg or "surrogate" in msg:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return f"invalid JSON: the body is not valid UTF-8 (byte {bad.start}: {bad.reason})"
+        if "BOM" in msg:
+            return "invalid JSON: the body starts with a UTF-8 byte order mark; send it without"
+        return f"invalid JSON: {msg} at line {exc.lineno} column {exc.colno} (char {pos})"
+    if "depth" in msg:
+        return f"invalid JSON: nested deeper than {_MAX_DEPTH} levels (at char {pos})"
+    where = f"line {exc.lineno} column {exc.colno} (char {pos})"
+    if "infinity when parsed" in msg:
+        return f"invalid JSON: a number is beyond the range of a double (+-1.8e308) at {where}"
+    start = pos - 1 if pos > 0 and body[pos - 1 : pos] in (b"-", b"+") else pos
+    if body[start:].lstrip(b"+-").startswith(_NON_JSON_NUMBERS):
+        return f"invalid JSON: NaN and Infinity are not JSON numbers (at {where})"
+    if "after document" in msg and hint:
+        return f"invalid JSON: {msg} at {where}; {hint}"
+    return f"invalid JSON: {msg} at {where}"
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _document_then_more(body: bytes) -> bool:
+    """Whether ``body`` starts with a whole JSON document and has more after it (binary data sent
+    without its framing header)."""
+    text = body.decode("utf-8", "replace").lstrip()
+    try:
+        _, end = _DECODER.raw_decode(text)
+    except ValueError:
+        return False
+    return bool(text[end:].strip())
 
 
 def _type_name(value: Any) -> str:
@@ -181,20 +228,43 @@ def parse_predict(body: bytes, rules: InputRules) -> np.ndarray:
     return rows_from_instances(obj["instances"], "instances", rules, _no_booleans(body), strings_possible)
 
 
-_INFER_FIELDS = frozenset(["id", "parameters", "inputs", "outputs"])
+_INFER_FIELDS = frozenset(["id", "model_name", "parameters", "inputs", "outputs"])
 _INPUT_FIELDS = frozenset(["name", "shape", "datatype", "data", "parameters"])
 _OUTPUT_FIELDS = frozenset(["name", "parameters"])
+BINARY_DTYPES = {
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "FP16": np.dtype("<f2"),
+    "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+}
+_EMPTY = memoryview(b"")
 
 
 class InferRequest:
-    """A parsed Open Inference Protocol (KServe v2) inference request."""
+    """A parsed Open Inference Protocol (KServe v2) inference request: the rows, the request id,
+    and the requested outputs as ``(name, binary)`` (None: all outputs, each binary when
+    ``binary_output``)."""
 
-    __slots__ = ("id", "outputs", "rows")
+    __slots__ = ("binary_output", "id", "outputs", "rows")
 
-    def __init__(self, rows: np.ndarray, request_id: str | None, outputs: list[str] | None) -> None:
+    def __init__(
+        self,
+        rows: np.ndarray,
+        request_id: str | None,
+        outputs: list[tuple[str, bool]] | None,
+        binary_output: bool = False,
+    ) -> None:
         self.rows = rows
         self.id = request_id
         self.outputs = outputs
+        self.binary_output = binary_output
 
 
 def _shape(value: Any, field: str) -> list[int]:
@@ -203,15 +273,45 @@ def _shape(value: Any, field: str) -> list[int]:
     return value
 
 
-def parse_infer(body: bytes, input_name: str, rules: InputRules, output_names: list[str]) -> InferRequest:
-    """``POST /v2/models/{name}/infer`` body -> rows + requested outputs."""
-    obj = _require_object(parse_json(body), "body")
+def _flag(params: dict[str, Any], key: str, field: str) -> bool | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise ApiError(422, f"{field}.{key}", "type", f"expected true or false, got {_type_name(value)}")
+    return value
+
+
+_TRAILING_HINT = (
+    "a body with binary tensor data needs the Inference-Header-Content-Length header (the length of its JSON part)"
+)
+
+
+def parse_infer(
+    body: bytes,
+    input_name: str,
+    rules: InputRules,
+    output_names: list[str],
+    binary: memoryview = _EMPTY,
+    model_name: str | None = None,
+) -> InferRequest:
+    """``POST /v2/models/{name}/infer`` body -> rows + requested outputs. ``body`` is the JSON part;
+    ``binary`` what followed it (binary tensor data extension)."""
+    obj = _require_object(parse_json(body, _TRAILING_HINT), "body")
     _reject_unknown(obj, _INFER_FIELDS, "")
     request_id = obj.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ApiError(422, "id", "type", f"expected a string, got {_type_name(request_id)}")
+    named = obj.get("model_name")
+    if named is not None:
+        if not isinstance(named, str):
+            raise ApiError(422, "model_name", "type", f"expected a string, got {_type_name(named)}")
+        if model_name is not None and named != model_name:
+            raise ApiError(422, "model_name", "model_name", f"the body names model {named!r}, the path {model_name!r}")
+    binary_output = False
     if "parameters" in obj:
-        _require_object(obj["parameters"], "parameters")
+        params = _require_object(obj["parameters"], "parameters")
+        binary_output = bool(_flag(params, "binary_data_output", "parameters"))
     if "inputs" not in obj:
         raise ApiError(422, "inputs", "required", "the field is required")
     inputs = obj["inputs"]
@@ -223,9 +323,57 @@ def parse_infer(body: bytes, input_name: str, rules: InputRules, output_names: l
         )
     tensor = _require_object(inputs[0], "inputs[0]")
     _reject_unknown(tensor, _INPUT_FIELDS, "inputs[0].")
-    for key in ("name", "shape", "datatype", "data"):
+    binary_size: int | None = None
+    if "parameters" in tensor:
+        tparams = _require_object(tensor["parameters"], "inputs[0].parameters")
+        if "binary_data_size" in tparams:
+            size = tparams["binary_data_size"]
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ApiError(
+                    400,
+                    "inputs[0].parameters.binary_data_size",
+                    "binary_framing",
+                    f"must be a non-negative integer (bytes), got {size!r}",
+                )
+            binary_size = size
+    for key in ("name", "shape", "datatype"):
         if key not in tensor:
             raise ApiError(422, f"inputs[0].{key}", "required", "the field is required")
+    if binary_size is None and "data" not in tensor:
+        raise ApiError(
+            422, "inputs[0].data", "required", "the field is required (or parameters.binary_data_size with binary data)"
+        )
+    if binary_size is not None and "data" in tensor:
+        raise ApiError(
+            400,
+            "inputs[0].data",
+            "binary_framing",
+            "the input has both data and parameters.binary_data_size; send one of them",
+        )
+    if binary_size is None and len(binary):
+        raise ApiError(
+            400,
+            "Inference-Header-Content-Length",
+            "binary_framing",
+            f"{len(binary)} bytes follow the JSON part but no input has parameters.binary_data_size",
+        )
+    if binary_size is not None:
+        if binary_size > len(binary):
+            raise ApiError(
+                400,
+                "inputs[0].parameters.binary_data_size",
+                "binary_framing",
+                f"is {binary_size} bytes, but only {len(binary)} bytes of binary data follow the JSON part"
+                + ("" if len(binary) else " (is the Inference-Header-Content-Length header missing?)"),
+            )
+        if binary_size < len(binary):
+            raise ApiError(
+                400,
+                "Inference-Header-Content-Length",
+                "binary_framing",
+                f"{len(binary) - binary_size} bytes of binary data are left over after the inputs' "
+                f"binary_data_size ({binary_size} bytes)",
+            )
     if tensor["name"] != input_name:
         raise ApiError(
             422, "inputs[0].name", "unknown_input", f"the model's input is {input_name!r}, got {tensor['name']!r}"
@@ -235,8 +383,6 @@ def parse_infer(body: bytes, input_name: str, rules: InputRules, output_names: l
         raise ApiError(
             422, "inputs[0].datatype", "enum", f"expected a numeric datatype (FP32, FP64, INT64, ...), got {datatype!r}"
         )
-    if "parameters" in tensor:
-        _require_object(tensor["parameters"], "inputs[0].parameters")
     shape = _shape(tensor["shape"], "inputs[0].shape")
     n_features = rules.n_features
     if len(shape) != 2 or shape[1] != n_features:
@@ -248,24 +394,11 @@ def parse_infer(body: bytes, input_name: str, rules: InputRules, output_names: l
         raise ApiError(
             422, "inputs[0].shape", "max_items", f"at most {rules.max_rows} rows per request (MAX_INSTANCES), got {n}"
         )
-    data = tensor["data"]
-    if not isinstance(data, list):
-        raise ApiError(422, "inputs[0].data", "type", f"expected an array of numbers, got {_type_name(data)}")
-    fast = _no_booleans(body)  # strings are expected in this body (name, datatype, ...)
-    if data and isinstance(data[0], list):
-        rows = rows_from_instances(data, "inputs[0].data", rules, fast)
-        if rows.shape[0] != n:
-            raise ApiError(422, "inputs[0].data", "shape", f"the data has {rows.shape[0]} rows, the shape says {n}")
+    if binary_size is not None:
+        rows = _binary_rows(binary, datatype, shape, rules)
     else:
-        arr = _fast_array(data, strings_possible=True) if fast else None
-        if arr is None or arr.ndim != 1 or (arr.size and not _within(arr, rules)):
-            arr = _convert(data, "inputs[0].data", rules, flat=True)
-        if arr.size != n * n_features:
-            raise ApiError(
-                422, "inputs[0].data", "length", f"shape {shape} needs {n * n_features} values, got {arr.size}"
-            )
-        rows = arr.astype(np.float32).reshape(n, n_features)
-    outputs: list[str] | None = None
+        rows = _json_rows(tensor["data"], shape, rules, _no_booleans(body))
+    outputs: list[tuple[str, bool]] | None = None
     if "outputs" in obj:
         requested = obj["outputs"]
         if not isinstance(requested, list):
@@ -279,5 +412,56 @@ def parse_infer(body: bytes, input_name: str, rules: InputRules, output_names: l
                 raise ApiError(
                     422, f"outputs[{i}].name", "unknown_output", f"expected one of {output_names}, got {name!r}"
                 )
-            outputs.append(name)
-    return InferRequest(rows, request_id, outputs)
+            as_binary = binary_output
+            if "parameters" in out:
+                oparams = _require_object(out["parameters"], f"outputs[{i}].parameters")
+                if oparams.get("classification"):
+                    raise ApiError(
+                        422,
+                        f"outputs[{i}].parameters.classification",
+                        "unsupported",
+                        "the classification extension is not supported; the label output holds the class",
+                    )
+                flag = _flag(oparams, "binary_data", f"outputs[{i}].parameters")
+                if flag is not None:
+                    as_binary = flag
+            outputs.append((name, as_binary))
+    return InferRequest(rows, request_id, outputs, binary_output)
+
+
+def _json_rows(data: Any, shape: list[int], rules: InputRules, fast: bool) -> np.ndarray:
+    n, n_features = shape
+    if not isinstance(data, list):
+        raise ApiError(422, "inputs[0].data", "type", f"expected an array of numbers, got {_type_name(data)}")
+    # strings are expected in this body (name, datatype, ...)
+    if data and isinstance(data[0], list):
+        rows = rows_from_instances(data, "inputs[0].data", rules, fast)
+        if rows.shape[0] != n:
+            raise ApiError(422, "inputs[0].data", "shape", f"the data has {rows.shape[0]} rows, the shape says {n}")
+        return rows
+    arr = _fast_array(data, strings_possible=True) if fast else None
+    if arr is None or arr.ndim != 1 or (arr.size and not _within(arr, rules)):
+        arr = _convert(data, "inputs[0].data", rules, flat=True)
+    if arr.size != n * n_features:
+        raise ApiError(422, "inputs[0].data", "length", f"shape {shape} needs {n * n_features} values, got {arr.size}")
+    return arr.astype(np.float32).reshape(n, n_features)
+
+
+def _binary_rows(binary: memoryview, datatype: str, shape: list[int], rules: InputRules) -> np.ndarray:
+    dtype = BINARY_DTYPES[datatype]
+    n, n_features = shape
+    need = n * n_features * dtype.itemsize
+    if len(binary) != need:
+        raise ApiError(
+            422,
+            "inputs[0].parameters.binary_data_size",
+            "length",
+            f"shape {shape} of {datatype} needs {need} bytes of binary data, got {len(binary)}",
+        )
+    arr = np.frombuffer(binary, dtype=dtype).reshape(n, n_features)
+    if not _within(arr, rules):
+        flat = arr.reshape(-1)
+        for i, value in enumerate(flat.tolist()):
+            _check_number(value, f"inputs[0].binary_data[{i}]", rules)
+    # a copy: aligned (the data starts wherever the JSON part ends), writable, native float32
+    return np.array(arr, dtype=np.float32)

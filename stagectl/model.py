@@ -59,7 +59,7 @@ BUILD_DIR = Path("build") / "models" / "digits"
 INPUT_NAME = "float_input"
 SEED = 0
 TEST_SIZE = 0.25
-# Opsets old enough for every ONNX Runtime the service accepts (service/requirements.txt).
+# Opsets old enough for every ONNX Runtime the service accepts (service/requirements/*.txt).
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
 

@@ -33,18 +33,17 @@ clickhouse-connect client; ``stagectl migrate-data`` uses them too.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from service.stores.base import PredictionStore, RecordChunk, StoreError
+from service.threads import DaemonExecutor
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -315,16 +314,16 @@ class ClickhouseStore(PredictionStore):
         self.params = params
         self._password = password
         self._client: Any = None
-        self._pool: ThreadPoolExecutor | None = None
+        # one daemon thread (the client is not shared between threads); a call stuck on a server
+        # that never answers does not hold the process at exit
+        self._pool = DaemonExecutor(1, "clickhouse")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClickhouseStore:
         return cls(ClickhouseParams.from_settings(settings), settings.clickhouse_password_value)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return await self._pool.run(fn, *args)
 
     def _connected(self) -> Any:
         if self._client is None:
@@ -371,13 +370,8 @@ class ClickhouseStore(PredictionStore):
             await self._run(self._insert, chunk)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            with contextlib.suppress(Exception):
-                await self._run(self._drop_client)
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        else:
-            self._drop_client()
+        with contextlib.suppress(Exception):
+            await self._run(self._drop_client)
 
     def describe(self) -> str:
         return self.params.describe()

@@ -5,11 +5,11 @@ The embedded default: nothing to install or run. Each chunk is appended with a s
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import ClassVar
 
 from service.stores.base import PredictionStore, RecordChunk
+from service.threads import DaemonExecutor
 
 
 class LocalStore(PredictionStore):
@@ -17,9 +17,10 @@ class LocalStore(PredictionStore):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._io = DaemonExecutor(1, "store-local")  # one writer: chunks are appended whole, in order
 
     async def open(self) -> None:
-        await asyncio.to_thread(self.path.mkdir, parents=True, exist_ok=True)
+        await self._io.run(lambda: self.path.mkdir(parents=True, exist_ok=True))
 
     def file_for(self, day: str) -> Path:
         return self.path / f"predictions-{day}.jsonl"
@@ -31,7 +32,7 @@ class LocalStore(PredictionStore):
             fh.flush()
 
     async def write(self, chunk: RecordChunk) -> None:
-        await asyncio.to_thread(self._append, chunk)
+        await self._io.run(self._append, chunk)
 
     def describe(self) -> str:
         return str(self.path)

@@ -6,11 +6,11 @@ stable id, so replaying a chunk after an outage overwrites rather than duplicate
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from service.s3 import describe_s3_error, make_s3_client, split_s3_uri
 from service.stores.base import PredictionStore, RecordChunk, StoreError
+from service.threads import DaemonExecutor
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -25,6 +25,9 @@ class S3Store(PredictionStore):
         self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         self._settings = settings
         self._client: Any = None
+        # own daemon threads: a PUT stuck on a server that never answers must not hold the
+        # process at exit (the prediction log bounds each call with STORE_TIMEOUT_SECONDS)
+        self._io = DaemonExecutor(4, "store-s3")
 
     def _get_client(self) -> Any:
         if self._client is None:
@@ -32,7 +35,7 @@ class S3Store(PredictionStore):
         return self._client
 
     async def open(self) -> None:
-        await asyncio.to_thread(self._get_client)
+        await self._io.run(self._get_client)
 
     def key_for(self, chunk: RecordChunk) -> str:
         return f"{self.prefix}dt={chunk.day}/{chunk.id}.jsonl"
@@ -49,7 +52,7 @@ class S3Store(PredictionStore):
             raise StoreError(f"s3://{self.bucket}/{self.key_for(chunk)}: {describe_s3_error(exc)[1]}") from exc
 
     async def write(self, chunk: RecordChunk) -> None:
-        await asyncio.to_thread(self._put, chunk)
+        await self._io.run(self._put, chunk)
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"

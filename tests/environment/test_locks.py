@@ -50,14 +50,38 @@ def test_a_changed_dependency_list_makes_its_locks_stale(project_copy: Path) -> 
     assert all(lock.stale(entry) is None for entry in lock.LOCKS)
     service_in = project_copy / "service" / "requirements.in"
     service_in.write_text(service_in.read_text() + "# a comment changes nothing\n")
-    assert lock.stale(LOCKS["service/requirements.txt"]) is None
+    assert lock.stale(LOCKS["requirements/dev.txt"]) is None
     service_in.write_text(service_in.read_text() + "rich>=13\n")
-    # the image's lock and every lock resolved from the service extra
-    assert "service/requirements.txt" in (lock.stale(LOCKS["service/requirements.txt"]) or "")
+    # every lock resolved from the service extra; the images' locks follow dev.txt, their constraint
     assert lock.stale(LOCKS["requirements/dev.txt"]) is not None
     assert lock.stale(LOCKS["requirements.txt"]) is not None
     assert lock.stale(LOCKS["requirements/tf.txt"]) is None
+    mvp_in = project_copy / "service" / "requirements" / "mvp.in"
+    mvp_in.write_text(mvp_in.read_text() + "rich\n")
+    assert "service/requirements/mvp.txt" in (lock.stale(LOCKS["service/requirements/mvp.txt"]) or "")
+    assert lock.stale(LOCKS["service/requirements/prod.txt"]) is None
     assert lock.main(["--check"]) == 1
+
+
+STAGES = ("mvp", "partner", "prod")
+
+
+def _names(path: Path) -> set[str]:
+    return {canonicalize_name(Requirement(line).name) for line in lock._requirement_lines(path)}
+
+
+def test_each_stage_image_installs_a_subset_of_the_service_requirements() -> None:
+    """The stage lists name packages only; their ranges are service/requirements.in's, and together
+    they cover it (nothing the service needs is left out of every image)."""
+    ranges = _names(ROOT / "service" / "requirements.in")
+    stages = {stage: _names(ROOT / "service" / "requirements" / f"{stage}.in") for stage in STAGES}
+    for stage, names in stages.items():
+        assert names <= ranges, \
+            f"service/requirements/{stage}.in names {names - ranges}, absent from service/requirements.in"
+        for line in lock._requirement_lines(ROOT / "service" / "requirements" / f"{stage}.in"):
+            assert not Requirement(line).specifier, \
+                f"{stage}.in: {line!r} has a range; ranges live in service/requirements.in"
+    assert set().union(*stages.values()) == ranges
 
 
 def test_a_changed_pyproject_dependency_makes_the_locks_stale(project_copy: Path) -> None:
@@ -98,7 +122,7 @@ def test_each_lock_pins_every_input_requirement_within_its_range(output: str) ->
                 f"{output} pins {requirement.name}=={version}, outside {requirement}"
 
 
-@pytest.mark.parametrize("output", ["requirements.txt", "service/requirements.txt"])
+@pytest.mark.parametrize("output", ["requirements.txt", *(f"service/requirements/{stage}.txt" for stage in STAGES)])
 def test_what_ships_runs_the_versions_the_tests_ran(output: str) -> None:
     tested = lock.pins(ROOT / "requirements" / "dev.txt")
     shipped = lock.pins(ROOT / output)
@@ -140,7 +164,7 @@ def test_every_install_path_installs_a_lock() -> None:
     assert "scripts/venv.sh runtime" in ci[".pulumi"]["before_script"]
     dockerfile = (ROOT / "service" / "Dockerfile").read_text()
     assert re.search(r"pip install [^\n]*\\\n\s+--require-hashes --no-deps -r /tmp/requirements.txt", dockerfile)
-    assert "COPY requirements.txt /tmp/requirements.txt" in dockerfile
+    assert "COPY requirements/${STAGE}.txt /tmp/requirements.txt" in dockerfile
     venv_sh = (ROOT / "scripts" / "venv.sh").read_text()
     assert _shell_lines(venv_sh) == [
         ".venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \\",

@@ -626,3 +626,16 @@ def test_a_dsn_with_a_password_is_refused():
     with pytest.raises(ValidationError, match="PG_DSN must not carry a password"):
         dataclasses.replace(WORKLOAD, pg_dsn="postgresql://inference:hunter2@db:6432/predictions")
     assert dataclasses.replace(WORKLOAD, pg_dsn="postgresql://db:6432/predictions").pg_dsn.endswith("/predictions")
+
+
+def test_the_inference_service_stops_within_compose_grace_and_fsyncs_records(tmp_path):
+    """`docker compose stop` waits stop_grace_period before SIGKILL; the service plans its stop
+    (SHUTDOWN_GRACE_SECONDS) within it, and answers only once records are on the spool volume."""
+    compose = normalized(compose_yaml(WORKLOAD), tmp_path)
+    inference = compose["services"]["inference"]
+    env = inference["environment"]
+    # normalized by `docker compose config`: a duration string such as "30s"
+    assert str(inference["stop_grace_period"]).rstrip("s") == env["SHUTDOWN_GRACE_SECONDS"]
+    assert env["STORE_DURABILITY"] == "wal"
+    assert any(volume.get("target") == env["SPOOL_DIR"] and volume.get("type") == "volume"
+               for volume in inference["volumes"]), inference["volumes"]

@@ -386,6 +386,9 @@ def test_backend_deployment_runs_as_the_issue_asks():
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts[env["SPOOL_DIR"]]]
+    # the service's stop is planned within the pod's grace period; records are fsynced before answers
+    assert float(env["SHUTDOWN_GRACE_SECONDS"]) == pod["terminationGracePeriodSeconds"]
+    assert env["STORE_DURABILITY"] == "wal"
     assert set(container["resources"]) == {"requests", "limits"}
     hpa, pdb = rendered["HorizontalPodAutoscaler"]["spec"], rendered["PodDisruptionBudget"]["spec"]
     assert hpa["scaleTargetRef"]["name"] == deployment["metadata"]["name"] and hpa["minReplicas"] >= 2

@@ -126,7 +126,7 @@ def test_checksum_refusal_over_http_with_a_log_line_saying_why(model_copy: Path,
     assert ready.status_code == 503
     assert ready.json()["status"] == "not_ready" and ready.json()["reason"].startswith("checksum:")
     assert predict.status_code == 503 and predict.json()["rule"] == "ready"
-    assert v2.status_code == 400
+    assert (v2.status_code, v2.json()) == (400, {"ready": False})
     assert live.status_code == 200
     errors = [line for line in svc.log_lines() if line.get("log.level") == "error"]
     assert any("model not loaded (checksum)" in e["message"] and "sha256 mismatch" in e["message"] for e in errors)

@@ -124,7 +124,8 @@ def test_build_without_the_tf_virtualenv_writes_onnx_and_says_the_tf_artifact_wa
     model_cmd.add_commands(parser.add_subparsers(dest="command"))
     # no release to compare with: this is about the TF step, not about reproducing the release's bytes
     (tmp_path / "no-release").mkdir()
-    args = parser.parse_args(["model", "build", "--out", str(tmp_path / "m"), "--release", str(tmp_path / "no-release")])
+    args = parser.parse_args(
+        ["model", "build", "--out", str(tmp_path / "m"), "--release", str(tmp_path / "no-release")])
     assert args.func(args) == 0
     err = capsys.readouterr().err
     assert (tmp_path / "m" / "model.onnx").is_file() and (tmp_path / "m" / "card.json").is_file()
