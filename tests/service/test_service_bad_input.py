@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
+import httpx
 import pytest
 
-from tests.service.helpers import ServiceProcess
+from tests.service.helpers import ServiceProcess, metric_value
 
 ROW = [1.0] * 64
 INFER = "/v2/models/digits-mlp/infer"
@@ -160,6 +162,38 @@ def test_a_lying_content_length_is_a_400(service: ServiceProcess) -> None:
         sock.sendall(b"POST /v1/predict HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n{}")
         head = sock.recv(4096)
     assert head.startswith(b"HTTP/1.1 4"), head
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"POST /v1/predict HTTP/1.1\r\nBad Header Name: 1\r\n\r\n",
+    ],
+    ids=["content-length-not-a-number", "length-and-chunked", "not-http", "bad-header-name"],
+)
+def test_requests_the_http_parser_rejects_get_a_json_400_with_a_request_id(
+    service: ServiceProcess, head: bytes
+) -> None:
+    """Rejected by uvicorn's parser before any application code: still JSON, with X-Request-ID."""
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+        sock.sendall(head)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head_part, _, body = raw.partition(b"\r\n\r\n")
+    lines = head_part.decode("latin-1").split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 400"), raw
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)
+    assert (error["field"], error["rule"]) == ("request", "http")
+    assert "Content-Length" in error["error"]
+    assert error["request_id"] == headers["x-request-id"]
+    metrics = httpx.get(f"{service.base}/metrics").text
+    assert (metric_value(metrics, "http_requests_total", route="unparsed", method="", status="400") or 0) >= 1
 
 
 def test_the_service_is_still_healthy_after_the_bad_inputs(service: ServiceProcess) -> None:

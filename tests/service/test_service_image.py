@@ -81,8 +81,9 @@ CARRIES = {
     "partner": {"tritonclient", "psycopg", "boto3", "clickhouse_connect"},
     "prod": {"httpx", "clickhouse_connect", "boto3"},
 }
-#: the mvp image's limit over its base (ONNX Runtime and numpy alone take ~150 MB installed)
-MVP_OVER_BASE_MB = 230
+#: what each stage's image may add to its base (measured: mvp 151, partner ~225, prod ~118 MB;
+#: ONNX Runtime and numpy alone take ~100 MB of mvp's)
+OVER_BASE_MB = {"mvp": 170, "partner": 250, "prod": 140}
 
 
 @pytest.fixture(scope="module")
@@ -161,10 +162,7 @@ def test_stage_image_builds_runs_as_non_root_and_predicts(
         record_property(f"image_size_mb_{stage}", round(image_mb, 1))
         print(f"\n{stage} image: {image_mb:.0f} MB, {image_mb - base_image:.0f} MB over its {base_image:.0f} MB base "
               f"(built in {build_s:.0f}s)")
-        if stage == "mvp":
-            assert image_mb - base_image < MVP_OVER_BASE_MB, f"the mvp image grew to {image_mb:.0f} MB"
-        else:
-            assert image_mb - base_image < 300, f"the {stage} image grew to {image_mb:.0f} MB"
+        assert image_mb - base_image < OVER_BASE_MB[stage], f"the {stage} image grew to {image_mb:.0f} MB"
 
         config = json.loads(buildah("inspect", "--type", "image", image).stdout)["OCIv1"]["config"]
         assert config["User"] == "10001:10001"
