@@ -18,6 +18,7 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
+from policy.facts import stack_facts
 from policy.guardrails import RULES, Resource, Rule, StackFacts
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -30,24 +31,7 @@ def stack_of(urn: str) -> str:
 
 def facts_for(stack: str, resources: list[Resource] | None = None, root: Path = PROJECT_ROOT) -> StackFacts:
     """What the rules need to know about ``stack``, from its config (and cost, for stack rules)."""
-    from stacks.config import load_stage_config
-    from stagectl.checks import plain_secret_keys
-    from stagectl.plan import Plan, PlannedResource, load_stack_config
-
-    _, config, secret_keys = load_stack_config(root, stack)
-    cfg = load_stage_config(stack, config, secret_keys)
-    cost = budget = None
-    currency = "USD"
-    if resources is not None and cfg.budget is not None:
-        from stagectl.cost import price_plan
-        from stagectl.prices import load_price_book
-
-        plan = Plan(stack, "aistack", [PlannedResource(r.urn, r.type, r.name, None, dict(r.inputs), True)
-                                       for r in resources])
-        report = price_plan(plan, load_price_book(), cfg.usage, cfg.budget.currency, cfg.budget.monthly)
-        cost, budget, currency = report.monthly_total, cfg.budget.monthly, cfg.budget.currency
-    return StackFacts(stack=stack, stage=cfg.stage, monthly_cost=cost, budget=budget, currency=currency,
-                      plain_secret_keys=plain_secret_keys(config, secret_keys))
+    return stack_facts(stack, root, resources, always_price=False).facts
 
 
 @functools.lru_cache(maxsize=8)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from policy.guardrails import Resource, RuleResult, StackFacts, evaluate
-from stacks.config import PROJECT, SECRET_KEYS, StageConfig, load_stage_config
-from stagectl.cost import CostReport, price_plan
-from stagectl.plan import Plan, load_stack_config, project_root, run_plan
-from stagectl.prices import PriceBook, load_price_book
-
-_SECRETISH = re.compile(r"(password|secret|token|apikey|api_key|privatekey)", re.I)
+from policy.facts import stack_facts
+from policy.guardrails import Resource, RuleResult, evaluate
+from pricing.book import PriceBook
+from pricing.cost import CostReport
+from stacks.config import StageConfig
+from stagectl.plan import Plan, project_root, run_plan
 
 
 @dataclass
@@ -28,17 +26,6 @@ class Assessment:
         return [r for r in self.guardrails if not r.passed]
 
 
-def plain_secret_keys(config: Mapping[str, str], secret_keys: Sequence[str]) -> tuple[str, ...]:
-    """Config keys that hold a secret (by declaration or by name) but are not stored encrypted."""
-    found = []
-    for key in config:
-        namespace, _, name = key.partition(":")
-        declared = namespace == PROJECT and name in SECRET_KEYS
-        if (declared or _SECRETISH.search(name)) and key not in secret_keys:
-            found.append(key)
-    return tuple(sorted(found))
-
-
 def resources_of(plan: Plan) -> list[Resource]:
     return [Resource(r.urn, r.type, r.name, r.inputs) for r in plan.resources if r.custom]
 
@@ -48,23 +35,10 @@ def assess(stack: str, root: Path | None = None, book: PriceBook | None = None,
     """Plan ``stack`` (unless given), price it and run every guardrail over it."""
     root = project_root(root)
     plan = plan or run_plan(stack, root)
-    _, config, secret_keys = load_stack_config(root, stack)
-    cfg = load_stage_config(stack, config, secret_keys)
-    book = book or load_price_book()
-    budget = cfg.budget
-    cost = price_plan(plan, book, cfg.usage, budget.currency if budget else "USD",
-                      budget=budget.monthly if budget else None)
-    facts = StackFacts(
-        stack=stack,
-        stage=cfg.stage,
-        monthly_cost=cost.monthly_total,
-        budget=budget.monthly if budget else None,
-        currency=cost.currency,
-        plain_secret_keys=plain_secret_keys(config, secret_keys),
-        outputs=plan.outputs,
-        secrets_marked=True,
-    )
-    return Assessment(plan, cfg, cost, evaluate(resources_of(plan), facts))
+    resources = resources_of(plan)
+    state = stack_facts(stack, root, resources, book=book, outputs=plan.outputs, secrets_marked=True)
+    assert state.cost is not None  # resources given: always priced
+    return Assessment(plan, state.config, state.cost, evaluate(resources, state.facts))
 
 
 def render_guardrails(results: Sequence[RuleResult]) -> str:

@@ -7,10 +7,10 @@ it a prediction.
 
 from __future__ import annotations
 
+from pricing.book import load_price_book
 from stagectl import render
 from stagectl.checks import assess, render_guardrails
 from stagectl.plan import PlanError, run_plan
-from stagectl.prices import load_price_book
 
 STAGES = ("mvp", "partner", "prod")
 

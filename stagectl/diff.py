@@ -21,10 +21,11 @@ from typing import Any
 
 from components.base import TYPE_PREFIX
 from policy.guardrails import RuleResult
+from pricing.book import PriceBook, load_price_book
+from pricing.cost import CostReport, price_resources
 from stacks.config import ConfigError, UsageAssumptions, load_stage_config
-from stagectl.cost import CostReport, price_plan
-from stagectl.plan import Plan, PlanError, PlannedResource, known_stacks, load_stack_config, project_root
-from stagectl.prices import PriceBook, load_price_book
+from stacks.stack_config import known_stacks
+from stagectl.plan import Plan, PlanError, PlannedResource, load_stack_config, project_root
 
 MARKER = "<!-- aistack:stagectl-diff -->"
 PREVIEW_MARKER = "<!-- aistack:pulumi-preview -->"
@@ -223,7 +224,7 @@ def _head_plan(stack: str, root: Path) -> Plan | None:
 def run_diff(base_ref: str, root: Path | None = None, book: PriceBook | None = None,
              stacks: Sequence[str] | None = None) -> list[StackDiff]:
     """Diff every stack between ``base_ref`` and the working tree."""
-    from stagectl.checks import assess
+    from stagectl.checks import assess, resources_of
 
     root = project_root(root)
     book = book or load_price_book()
@@ -246,7 +247,7 @@ def run_diff(base_ref: str, root: Path | None = None, book: PriceBook | None = N
                 result.note = "not planned at base: " + entry.get("error", "no stack file").splitlines()[0]
             if base is not None:
                 usage, currency, budget = _usage(base_root, stack)
-                result.cost_before = price_plan(base, book, usage, currency, budget)
+                result.cost_before = price_resources(stack, resources_of(base), book, usage, currency, budget)
             if head is not None:
                 assessment = assess(stack, root, book, plan=head)
                 result.cost_after = assessment.cost
@@ -409,8 +410,8 @@ def preview_to_diff(stack: str, document: Mapping[str, Any], book: PriceBook | N
     result = diff_plans(stack, base, head)
     book = book or load_price_book()
     usage, currency, budget = _usage(project, stack)
-    result.cost_before = price_plan(base, book, usage, currency, budget)
-    result.cost_after = price_plan(head, book, usage, currency, budget)
+    result.cost_before = price_resources(stack, resources_of(base), book, usage, currency, budget)
+    result.cost_after = price_resources(stack, resources_of(head), book, usage, currency, budget)
     try:
         _, config, secret_keys = load_stack_config(project, stack)
         stage: str = load_stage_config(stack, config, secret_keys).stage

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-import yaml
 from pulumi.output import Unknown
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 from pulumi.runtime.stack import run_in_stack
 from pulumi.runtime.sync_await import _sync_await
+
+from stacks import stack_config
+from stacks.stack_config import SECRET, StackConfigError
 
 #: Private parts of the Pulumi Python SDK the mock-runtime plan relies on (with stacks/stages.py).
 #: The SDK is pinned exactly (pyproject.toml) for this reason; tests/environment/test_versions.py
@@ -91,7 +93,6 @@ def missing_sdk_internals(names: tuple[str, ...] = SDK_INTERNALS) -> list[str]:
     return missing
 
 
-SECRET = "[secret]"
 COMPUTED = "[computed]"
 STACK_TYPE = "pulumi:pulumi:Stack"
 
@@ -289,30 +290,13 @@ def project_root(start: Path | None = None) -> Path:
     raise PlanError(f"no Pulumi.yaml in {here} or its parents: run stagectl from the project directory")
 
 
-def known_stacks(root: Path) -> list[str]:
-    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in root.glob("Pulumi.*.yaml"))
-
-
 def load_stack_config(root: Path, stack: str) -> tuple[str, dict[str, str], list[str]]:
-    """Project name, the flat config map as the engine passes it, and the secret keys."""
-    project = yaml.safe_load((root / "Pulumi.yaml").read_text())["name"]
-    stack_file = root / f"Pulumi.{stack}.yaml"
-    if not stack_file.is_file():
-        raise PlanError(f"unknown stack {stack!r}: no {stack_file.name}; known stacks: "
-                        f"{', '.join(known_stacks(root)) or 'none'}")
-    document = yaml.safe_load(stack_file.read_text()) or {}
-    config: dict[str, str] = {}
-    secret_keys: list[str] = []
-    for key, value in (document.get("config") or {}).items():
-        full = key if ":" in key else f"{project}:{key}"
-        if isinstance(value, dict) and set(value) == {"secure"}:
-            config[full] = SECRET
-            secret_keys.append(full)
-        elif isinstance(value, str):
-            config[full] = value
-        else:
-            config[full] = json.dumps(value)
-    return project, config, secret_keys
+    """Project name, the flat config map as the engine passes it, and the secret keys
+    (:func:`stacks.stack_config.load_stack_config`; an unknown stack is a :class:`PlanError`)."""
+    try:
+        return stack_config.load_stack_config(root, stack)
+    except StackConfigError as exc:
+        raise PlanError(str(exc)) from None
 
 
 def run_plan(stack: str, root: Path | None = None, preview: bool = True) -> Plan:

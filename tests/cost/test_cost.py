@@ -1,4 +1,4 @@
-"""Cost of a plan: hand-checked totals on small fixtures, formats, unpriced resources listed."""
+"""Cost of a stack's resources: hand-checked totals on small fixtures, formats, unpriced resources listed."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import json
 import pytest
 from pydantic.alias_generators import to_camel
 
+from pricing.book import Preset, Price, PriceBook
+from pricing.cost import CostError, price_resources
 from stacks.config import UsageAssumptions
-from stagectl.cost import CostError, price_plan, render_table
-from stagectl.plan import Plan, PlannedResource
-from stagectl.prices import Preset, Price, PriceBook
+from stagectl.cost import render_table
+from stagectl.plan import PlannedResource
 
 Y = "yandex:index/"
 
@@ -58,14 +59,14 @@ def resource(kind: str, name: str, **inputs: object) -> PlannedResource:
     return PlannedResource(f"urn:pulumi:s::p::{token}::{name}", token, name, None, dict(inputs), True)
 
 
-def plan(*resources: PlannedResource) -> Plan:
-    return Plan("mvp", "aistack", list(resources))
+def cloud(*resources: PlannedResource) -> list[PlannedResource]:
+    return list(resources)
 
 
 def test_serverless_container_hand_checked():
     assumed = usage(requests_per_month=3_000_000, mean_duration_ms=150)
     container = resource("ServerlessContainer", "svc", memory=2048, cores=1, coreFraction=20)
-    report = price_plan(plan(container), BOOK, assumed)
+    report = price_resources("mvp", cloud(container), BOOK, assumed)
     # busy time: 3e6 x 150 ms = 125 h
     # invocations: (3 - 1) M x 0.10 = 0.20
     # memory: (2 GB x 125 h - 10) x 0.02 = 4.80
@@ -79,7 +80,7 @@ def test_free_tier_can_be_turned_off_and_provisioned_instances_are_billed():
                              hours_per_month=730)
     container = resource("ServerlessContainer", "svc", memory=1024, cores=1, coreFraction=100,
                          provisionPolicy={"minInstances": 2})
-    report = price_plan(plan(container), BOOK, assumed)
+    report = price_resources("mvp", cloud(container), BOOK, assumed)
     # busy 10 h: invocations 1 x 0.10 + memory 10 x 0.02 + vCPU 10 x 0.04 = 0.70
     # provisioned: 2 x 730 h x (1 GB x 0.01 + 1 vCPU x 0.02) = 43.80
     assert report.monthly_total == pytest.approx(0.70 + 43.80)
@@ -87,7 +88,7 @@ def test_free_tier_can_be_turned_off_and_provisioned_instances_are_billed():
 
 def test_bucket_uses_its_storage_class_and_request_units():
     assumed = usage(stored_gb=51, put_requests_per_month=20_000, get_requests_per_month=500_000)
-    report = price_plan(plan(resource("StorageBucket", "b"), resource("StorageBucket", "c",
+    report = price_resources("mvp", cloud(resource("StorageBucket", "b"), resource("StorageBucket", "c",
                                                                       defaultStorageClass="COLD")), BOOK, assumed)
     standard, cold = report.items
     # (51 - 1) x 0.02 = 1.00; 20 x 0.004 = 0.08; 50 x 0.003 = 0.15
@@ -97,7 +98,7 @@ def test_bucket_uses_its_storage_class_and_request_units():
 
 
 def test_free_and_unpriced_resources_are_listed_not_dropped():
-    report = price_plan(plan(resource("IamServiceAccount", "sa"), resource("MdbMongodbCluster", "mongo"),
+    report = price_resources("mvp", cloud(resource("IamServiceAccount", "sa"), resource("MdbMongodbCluster", "mongo"),
                              resource("KmsSymmetricKey", "k")), BOOK, usage())
     status = {i.name: i.status for i in report.items}
     assert status == {"sa": "free", "mongo": "unpriced", "k": "priced"}
@@ -109,7 +110,7 @@ def test_free_and_unpriced_resources_are_listed_not_dropped():
 
 
 def test_json_shape_and_currency():
-    report = price_plan(plan(resource("KmsSymmetricKey", "k")), BOOK, usage(), currency="RUB",
+    report = price_resources("mvp", cloud(resource("KmsSymmetricKey", "k")), BOOK, usage(), currency="RUB",
                         budget=40.0)
     data = json.loads(report.dumps())
     assert {"stack", "currency", "monthly_total", "prices_as_of", "items", "assumptions"} <= set(data)
@@ -125,7 +126,7 @@ def test_json_shape_and_currency():
 
 def test_missing_price_is_a_clear_error():
     with pytest.raises(CostError, match=r"lockbox\.secret_version"):
-        price_plan(plan(resource("LockboxSecret", "s")), BOOK, usage())
+        price_resources("mvp", cloud(resource("LockboxSecret", "s")), BOOK, usage())
 
 
 def test_gpu_vm_always_on_versus_scheduled_preemptible():
@@ -133,14 +134,14 @@ def test_gpu_vm_always_on_versus_scheduled_preemptible():
                   resources={"gpus": 1, "cores": 8, "memory": 32, "coreFraction": 100},
                   bootDisk={"initializeParams": {"type": "network-ssd", "size": 100}},
                   networkInterfaces=[{"nat": True}])
-    on = price_plan(plan(vm), BOOK, usage(gpu_hours_per_month=730))
+    on = price_resources("mvp", cloud(vm), BOOK, usage(gpu_hours_per_month=730))
     # 730 h x (8 x 0.01 + 32 x 0.002 + 0.5) = 470.12; disk 100 x 0.1 = 10; ephemeral IP 730 x 0.002 = 1.46
     assert on.monthly_total == pytest.approx(470.12 + 10 + 1.46)
     cheap = resource("ComputeInstance", "vm", platformId="standard-v3-t4",
                      resources={"gpus": 1, "cores": 8, "memory": 32}, schedulingPolicy={"preemptible": True},
                      bootDisk={"initializeParams": {"type": "network-ssd", "size": 100}},
                      networkInterfaces=[{"nat": True, "natIpAddress": "[computed]"}])
-    scheduled = price_plan(plan(cheap), BOOK, usage(gpu_hours_per_month=200))
+    scheduled = price_resources("mvp", cloud(cheap), BOOK, usage(gpu_hours_per_month=200))
     # 200 h x (8 x 0.003 + 32 x 0.001 + 0.1) = 31.2; disk 10; the static address is priced on its own
     assert scheduled.monthly_total == pytest.approx(31.2 + 10)
 
@@ -149,12 +150,12 @@ def test_managed_postgresql_by_preset_hosts_and_disk():
     cluster = resource("MdbPostgresqlCluster", "pg", hosts=[{"zone": "a"}, {"zone": "b"}],
                        config={"resources": {"resourcePresetId": "s2.micro", "diskTypeId": "network-ssd",
                                              "diskSize": 20}})
-    report = price_plan(plan(cluster), BOOK, usage(hours_per_month=730))
+    report = price_resources("mvp", cloud(cluster), BOOK, usage(hours_per_month=730))
     # 2 hosts x 730 h x (2 x 0.016 + 8 x 0.004) = 93.44; storage 2 x 20 x 0.1 = 4
     assert report.monthly_total == pytest.approx(93.44 + 4)
     unknown = resource("MdbPostgresqlCluster", "pg", config={"resources": {"resourcePresetId": "z9.giant"}})
     with pytest.raises(CostError, match=r"z9\.giant"):
-        price_plan(plan(unknown), BOOK, usage())
+        price_resources("mvp", cloud(unknown), BOOK, usage())
 
 
 def test_kubernetes_master_and_autoscaled_node_group():
@@ -164,7 +165,7 @@ def test_kubernetes_master_and_autoscaled_node_group():
                                        "resources": {"cores": 2, "memory": 4, "coreFraction": 50},
                                        "bootDisk": {"type": "network-hdd", "size": 64}},
                      scalePolicy={"autoScale": {"min": 1, "max": 5, "initial": 2}})
-    report = price_plan(plan(cluster, nodes), BOOK, usage(hours_per_month=730))
+    report = price_resources("mvp", cloud(cluster, nodes), BOOK, usage(hours_per_month=730))
     master, group = report.items
     assert master.monthly == pytest.approx(730 * 0.08)
     # 2 nodes x 730 h x (2 x 0.005 + 4 x 0.002) = 26.28; disks 2 x 64 x 0.02 = 2.56
@@ -173,7 +174,7 @@ def test_kubernetes_master_and_autoscaled_node_group():
 
 def test_component_presets_agree_with_the_price_book():
     from components.postgres import RESOURCE_PRESETS
-    from stagectl.prices import load_price_book
+    from pricing.book import load_price_book
 
     book = load_price_book()
     for name, preset in RESOURCE_PRESETS.items():

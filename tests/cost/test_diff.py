@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pricing.book import load_price_book
 from stagectl import diff
-from stagectl.prices import load_price_book
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = Path(__file__).parent / "snapshots" / "diff-comment.md"

@@ -14,19 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from stagectl import prices
-from stagectl.prices import (
-    BILLING_SKUS_URL,
-    Price,
-    PriceBookError,
-    add_commands,
-    default_book_path,
-    dump_book,
-    load_price_book,
-    parse_billing_skus,
-    refresh_price_book,
-    unit_factor,
-)
+from pricing import billing
+from pricing.billing import BILLING_SKUS_URL, parse_billing_skus, refresh_price_book, unit_factor
+from pricing.book import Price, PriceBook, PriceBookError, default_book_path, dump_book, load_price_book
+from stagectl.prices import add_commands
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NOW = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
@@ -136,7 +127,7 @@ class FakeFetch:
 
 
 @pytest.fixture(scope="module")
-def book() -> prices.PriceBook:
+def book() -> PriceBook:
     return load_price_book()
 
 
@@ -157,7 +148,7 @@ def test_default_path_is_the_project_book() -> None:
     assert (path.parent.parent / "Pulumi.yaml").is_file()
 
 
-def test_book_loads_and_validates(book: prices.PriceBook) -> None:
+def test_book_loads_and_validates(book: PriceBook) -> None:
     assert book.region == "ru-central1"
     dt.date.fromisoformat(book.as_of)
     assert len(book.entries) >= len(CONTRACT_KEYS)
@@ -171,12 +162,12 @@ def test_book_loads_and_validates(book: prices.PriceBook) -> None:
 
 
 @pytest.mark.parametrize("key", CONTRACT_KEYS)
-def test_contract_key_present(book: prices.PriceBook, key: str) -> None:
+def test_contract_key_present(book: PriceBook, key: str) -> None:
     price = book.price(key)
     assert isinstance(price, Price)
 
 
-def test_units_of_contract_keys(book: prices.PriceBook) -> None:
+def test_units_of_contract_keys(book: PriceBook) -> None:
     assert book.price("serverless.invocations").unit == "1M invocations"
     assert book.price("serverless.memory").unit == "GB-hour"
     assert book.price("serverless.vcpu").unit == "vCPU-hour"
@@ -188,7 +179,7 @@ def test_units_of_contract_keys(book: prices.PriceBook) -> None:
             assert book.price(key).unit == "GB-month", key
 
 
-def test_free_tiers(book: prices.PriceBook) -> None:
+def test_free_tiers(book: PriceBook) -> None:
     assert book.price("serverless.invocations").free_units == 1
     assert book.price("serverless.memory").free_units == 10
     assert book.price("serverless.vcpu").free_units == 5
@@ -198,14 +189,14 @@ def test_free_tiers(book: prices.PriceBook) -> None:
     assert book.price("compute.standard-v3.vcpu.100").free_units == 0
 
 
-def test_serverless_prices_are_the_published_formula(book: prices.PriceBook) -> None:
+def test_serverless_prices_are_the_published_formula(book: PriceBook) -> None:
     assert book.price("serverless.memory").usd == pytest.approx(0.0256)
     assert book.price("serverless.vcpu").usd == pytest.approx(0.0384)
     assert book.price("serverless.invocations").usd == pytest.approx(0.128)
     assert "core_fraction" in book.price("serverless.vcpu").note
 
 
-def test_prices_are_consistent(book: prices.PriceBook) -> None:
+def test_prices_are_consistent(book: PriceBook) -> None:
     def usd(key: str) -> float:
         return book.price(key).usd
 
@@ -221,7 +212,7 @@ def test_prices_are_consistent(book: prices.PriceBook) -> None:
             assert 100 <= price.rub / price.usd <= 130, key
 
 
-def test_every_estimate_is_flagged_and_explained(book: prices.PriceBook) -> None:
+def test_every_estimate_is_flagged_and_explained(book: PriceBook) -> None:
     estimates = [p for p in book.entries.values() if p.estimate]
     assert estimates, "a book built from stored pages has estimates"
     assert all(len(p.note) > 20 for p in estimates)
@@ -229,7 +220,7 @@ def test_every_estimate_is_flagged_and_explained(book: prices.PriceBook) -> None
     assert sourced, "some entries are read from Yandex pages in both currencies"
 
 
-def test_amount(book: prices.PriceBook) -> None:
+def test_amount(book: PriceBook) -> None:
     price = book.price("compute.standard-v3.vcpu.100")
     assert price.amount("USD") == price.usd
     assert price.amount("rub") == price.rub
@@ -237,7 +228,7 @@ def test_amount(book: prices.PriceBook) -> None:
         price.amount("EUR")
 
 
-def test_missing_key_names_close_keys(book: prices.PriceBook) -> None:
+def test_missing_key_names_close_keys(book: PriceBook) -> None:
     with pytest.raises(KeyError) as info:
         book.price("compute.standard-v3.vcpu.10")
     message = str(info.value)
@@ -247,7 +238,7 @@ def test_missing_key_names_close_keys(book: prices.PriceBook) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_presets(book: prices.PriceBook, name: str) -> None:
+def test_presets(book: PriceBook, name: str) -> None:
     preset = book.preset(name)
     platform, cores, memory, fraction = PRESETS[name]
     got = (preset.platform, preset.cores, preset.memory_gb, preset.core_fraction)
@@ -255,7 +246,7 @@ def test_presets(book: prices.PriceBook, name: str) -> None:
     assert preset.source.startswith("https://yandex.cloud/")
 
 
-def test_presets_price_through_platform_keys(book: prices.PriceBook) -> None:
+def test_presets_price_through_platform_keys(book: PriceBook) -> None:
     """Every preset's platform and fraction has a per-vCPU price for both databases."""
     for preset in book.presets.values():
         if preset.platform == "standard-v1":
@@ -482,7 +473,7 @@ def test_refresh_updates_matching_entries(book_copy: Path) -> None:
     for key in expected:
         price, old = after.price(key), before.price(key)
         assert price.usd == old.usd  # the other currency is kept
-        assert price.source == prices.BILLING_SOURCE
+        assert price.source == billing.BILLING_SOURCE
         assert "RUB from Billing API" in price.note
         assert f"earlier source: {old.source}" in price.note  # the USD price keeps its provenance
         assert price.estimate == old.estimate  # USD still unconfirmed
@@ -549,7 +540,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def test_cli_prices_show(capsys: pytest.CaptureFixture[str], book: prices.PriceBook) -> None:
+def test_cli_prices_show(capsys: pytest.CaptureFixture[str], book: PriceBook) -> None:
     args = _parser().parse_args(["prices", "show"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
@@ -596,7 +587,7 @@ def test_cli_refresh_with_env_token(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, book_copy: Path
 ) -> None:
     fetch = FakeFetch()
-    monkeypatch.setattr(prices, "urllib_fetch", fetch)
+    monkeypatch.setattr(billing, "urllib_fetch", fetch)
     monkeypatch.setenv("YC_TOKEN", "env-token")
     args = _parser().parse_args(["prices", "refresh", "--currency", "rub", "--file", str(book_copy)])
     assert args.currency == "RUB"
@@ -613,7 +604,7 @@ def test_cli_refresh_reports_api_failure(
     def failing(url: str, headers: Mapping[str, str]) -> Mapping[str, Any]:
         raise OSError("connection refused")
 
-    monkeypatch.setattr(prices, "urllib_fetch", failing)
+    monkeypatch.setattr(billing, "urllib_fetch", failing)
     original = book_copy.read_text()
     args = _parser().parse_args(["prices", "refresh", "--token", "t", "--file", str(book_copy)])
     assert args.func(args) == 1
