@@ -7,6 +7,12 @@ plugin (which advertises ``nvidia.com/gpu``), GPU feature discovery and the DCGM
 ``driverless: false`` the nodes keep Yandex's preinstalled driver and the operator runs with its
 driver component off (device plugin, toolkit and exporter only).
 
+The **DCGM exporter** is the GPUs' metrics source in prod: a DaemonSet on the GPU nodes (pods
+labelled ``app: nvidia-dcgm-exporter``) serving Prometheus metrics on port 9400
+(``DCGM_FI_DEV_GPU_UTIL``, ``DCGM_FI_DEV_FB_USED``, ``DCGM_FI_DEV_FB_FREE``, ...). Metricbeat finds
+its pods by that label (components.metricbeat); no Prometheus operator runs here, so its
+ServiceMonitor stays off.
+
 Checked here (Yandex's note for Managed Kubernetes): driverless nodes need GPU Operator chart
 v24.9.2 or newer, and with Kubernetes 1.30 or newer a driver of 550.144.03 or newer.
 """
@@ -26,6 +32,9 @@ from components.kubernetes import GPU_TAINT_KEY, POOL_LABEL
 MIN_OPERATOR = (24, 9, 2)
 MIN_DRIVER_K8S_130 = (550, 144, 3)
 GPU_TOLERATION = {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
+#: How the operator's DCGM exporter pods are labelled and where they serve metrics.
+DCGM_EXPORTER_LABELS = {"app": "nvidia-dcgm-exporter"}
+DCGM_EXPORTER_PORT = 9400
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -66,7 +75,7 @@ def gpu_operator_values(args: GpuOperatorArgs) -> dict[str, object]:
         "toolkit": {"enabled": True},
         "devicePlugin": {"enabled": True},
         "gfd": {"enabled": True},
-        "dcgmExporter": {"enabled": True},
+        "dcgmExporter": {"enabled": True, "serviceMonitor": {"enabled": False}},
         "migManager": {"enabled": False},
         "nfd": {"enabled": True},
         "node-feature-discovery": {"worker": {"tolerations": [GPU_TOLERATION]},

@@ -92,6 +92,8 @@ ARGOCD_CHART = ChartPin("argo-cd", "7.7.11", "https://argoproj.github.io/argo-he
 ECK_CHART = ChartPin("eck-operator", "2.14.0", "https://helm.elastic.co")
 GPU_OPERATOR_CHART = ChartPin("gpu-operator", "v24.9.2", "https://helm.ngc.nvidia.com/nvidia")
 INGRESS_NGINX_CHART = ChartPin("ingress-nginx", "4.11.3", "https://kubernetes.github.io/ingress-nginx")
+#: Cluster state as Prometheus metrics (kube-state-metrics 2.14.0), read by Metricbeat's state_* metricsets.
+KUBE_STATE_METRICS_CHART = ChartPin("kube-state-metrics", "5.27.0", "https://prometheus-community.github.io/helm-charts")
 
 
 def k8s_labels(stage: str, component: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -106,6 +108,25 @@ def meta(name: str, namespace: pulumi.Input[str] | None, labels: Mapping[str, st
 
 
 CPU_NODES: dict[str, str] = {POOL_LABEL: "cpu"}
+
+
+@dataclass(frozen=True)
+class PodPeer:
+    """Pods of another namespace that a NetworkPolicy admits (e.g. the metrics scraper)."""
+
+    namespace: str
+    labels: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        check_namespace(self.namespace)
+        if not self.labels:
+            raise ValidationError(f"a pod peer in {self.namespace} needs labels: an empty selector admits every pod")
+
+    def peer(self) -> k8s.networking.v1.NetworkPolicyPeerArgs:
+        return k8s.networking.v1.NetworkPolicyPeerArgs(
+            namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                match_labels={"kubernetes.io/metadata.name": self.namespace}),
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(self.labels)))
 
 
 class K8sComponent(StageComponent):

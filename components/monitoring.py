@@ -16,7 +16,8 @@ delivered to the host inside the Compose file, so a change reaches the running V
 
 Alerts (Prometheus evaluates them; its UI and Grafana show them): service down, error ratio,
 p99 latency, prediction store down, Triton down, Triton model not ready, GPU memory, GPU
-utilisation, GPU metrics missing.
+utilisation, GPU metrics missing. They are declared once in :mod:`components.alerts`, which also
+renders them as prod's Kibana rules.
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ from typing import Any
 import pulumi
 import pulumi_random
 
-from components.base import StageComponent, ValidationError
+from components.alerts import MODEL_READY_JOB, PREDICT_ROUTES, AlertThresholds, prometheus_rules
+from components.base import StageComponent
 from components.secrets import SecretStore, SecretStoreArgs
 from components.yamltext import dump_yaml
 
 PROMETHEUS_UID = "prometheus"
 SCRAPE_INTERVAL = "15s"
-#: Requests that run the model (route templates as the service labels them).
-PREDICT_ROUTES = "/v1/predict|/v2/models/.+/infer"
 RULES_FILE = "rules/aistack.yml"
 
 JOBS = {
@@ -46,31 +46,8 @@ JOBS = {
     "dcgm": "dcgm-exporter:9400",
     "prometheus": "localhost:9090",
 }
-MODEL_READY_JOB = "triton-model-ready"
 BLACKBOX_TARGET = "blackbox-exporter:9115"
 TRITON_HTTP = "http://triton:8000"
-
-
-@dataclass(frozen=True)
-class AlertThresholds:
-    #: Share of predict requests answered with 5xx.
-    error_ratio: float = 0.05
-    #: p99 latency of predict requests, seconds.
-    p99_latency_s: float = 0.5
-    #: Share of the GPU's framebuffer memory in use.
-    gpu_memory_ratio: float = 0.9
-    #: Average GPU utilisation over 10 minutes, percent.
-    gpu_utilisation_percent: float = 95.0
-
-    def __post_init__(self) -> None:
-        for name, value, high in (("error_ratio", self.error_ratio, 1.0),
-                                  ("gpu_memory_ratio", self.gpu_memory_ratio, 1.0),
-                                  ("gpu_utilisation_percent", self.gpu_utilisation_percent, 100.0)):
-            if not 0 < value <= high:
-                raise ValidationError(f"alert threshold {name} {value} is out of range: allowed (0, {high:g}]")
-        if not 0 < self.p99_latency_s <= 60:
-            raise ValidationError(f"alert threshold p99_latency_s {self.p99_latency_s} is out of range: "
-                                  "allowed (0, 60] seconds")
 
 
 # --- Prometheus ------------------------------------------------------------------------------------
@@ -102,63 +79,9 @@ def prometheus_config(stage: str, triton_model: str) -> dict[str, Any]:
     }
 
 
-def _alert(name: str, expr: str, for_: str, severity: str, summary: str, description: str) -> dict[str, Any]:
-    return {
-        "alert": name,
-        "expr": expr,
-        "for": for_,
-        "labels": {"severity": severity},
-        "annotations": {"summary": summary, "description": description},
-    }
-
-
 def alert_rules(thresholds: AlertThresholds | None = None) -> dict[str, Any]:
-    t = thresholds or AlertThresholds()
-    predict = f'job="inference",route=~"{PREDICT_ROUTES}"'
-    gpu_memory = "DCGM_FI_DEV_FB_USED / (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE)"
-    rules = [
-        _alert("InferenceServiceDown", 'up{job="inference"} == 0', "2m", "critical",
-               "The inference service does not answer /metrics",
-               "Prometheus could not scrape {{ $labels.instance }} for 2 minutes: the service container is "
-               "down or hanging. Check `docker ps` and the container's logs on the GPU host."),
-        _alert("InferenceErrorRatioHigh",
-               f'sum(rate(http_requests_total{{{predict},status=~"5.."}}[5m]))\n'
-               f"  / sum(rate(http_requests_total{{{predict}}}[5m])) > {t.error_ratio:g}",
-               "5m", "warning",
-               "More than {{ $value | humanizePercentage }} of predict requests fail",
-               f"Over {t.error_ratio:.0%} of predict requests answered 5xx in the last 5 minutes (503 means "
-               "Triton or the model is not ready)."),
-        _alert("InferenceLatencyP99High",
-               "histogram_quantile(0.99,\n"
-               f"  sum by (le) (rate(http_request_duration_seconds_bucket{{{predict}}}[5m]))) > {t.p99_latency_s:g}",
-               "10m", "warning",
-               "Predict p99 latency is {{ $value | humanizeDuration }}",
-               f"The 99th percentile of predict latency stayed above {t.p99_latency_s:g} s for 10 minutes."),
-        _alert("PredictionStoreDown", 'prediction_store_up{job="inference"} == 0', "5m", "warning",
-               "Prediction records cannot be written to {{ $labels.store }}",
-               "The service spools prediction records to local disk and replays them when the store returns; "
-               "check the PostgreSQL cluster and the spool size."),
-        _alert("TritonDown", 'up{job="triton"} == 0', "2m", "critical",
-               "Triton's metrics endpoint does not answer",
-               "Prometheus could not scrape Triton (port 8002) for 2 minutes: tritonserver is down or restarting."),
-        _alert("TritonModelNotReady", f'probe_success{{job="{MODEL_READY_JOB}"}} == 0', "2m", "critical",
-               "Triton model {{ $labels.model }} is not ready",
-               "GET /v2/models/<model>/ready on Triton has failed for 2 minutes: the model failed to load "
-               "(repository, credentials or config.pbtxt) or Triton is down; predict answers 503."),
-        _alert("GpuMemoryHigh", f"max by (gpu) ({gpu_memory}) > {t.gpu_memory_ratio:g}", "10m", "warning",
-               "GPU {{ $labels.gpu }} framebuffer is {{ $value | humanizePercentage }} full",
-               f"More than {t.gpu_memory_ratio:.0%} of GPU memory has been in use for 10 minutes."),
-        _alert("GpuUtilisationHigh",
-               f"avg by (gpu) (avg_over_time(DCGM_FI_DEV_GPU_UTIL[10m])) > {t.gpu_utilisation_percent:g}",
-               "15m", "warning",
-               "GPU {{ $labels.gpu }} is saturated ({{ $value }}% busy)",
-               f"The 10-minute average GPU utilisation has stayed above {t.gpu_utilisation_percent:g}% for 15 "
-               "minutes: the host is at capacity; consider a larger shape or a second host."),
-        _alert("GpuMetricsMissing", 'up{job="dcgm"} == 0', "5m", "warning",
-               "The DCGM exporter does not answer",
-               "No GPU metrics for 5 minutes, so the GPU alerts cannot fire. Check the dcgm-exporter container."),
-    ]
-    return {"groups": [{"name": "aistack", "rules": rules}]}
+    """The rule file, rendered from the alerts declared once in :mod:`components.alerts`."""
+    return prometheus_rules(thresholds)
 
 
 def alert_names(thresholds: AlertThresholds | None = None) -> list[str]:

@@ -17,13 +17,19 @@ the cluster's KMS key encrypts). The server itself holds no credential.
 Each replica requests one GPU, tolerates the GPU taint and is pinned to the GPU nodes; readiness,
 liveness and startup probes ask the model status endpoint ``/v1/models/<name>`` on the REST port
 8501. The HPA scales on CPU utilisation (GPU utilisation would need a custom-metrics adapter) up
-to as many replicas as the GPU group has GPUs. Only the backend's pods may connect (NetworkPolicy).
+to as many replicas as the GPU group has GPUs. Only the backend's pods may connect (NetworkPolicy),
+and the metrics scrapers (prod's Metricbeat) on the REST port only.
+
+**Metrics**: a monitoring config file (ConfigMap ``tf-serving-monitoring``, passed with
+``--monitoring_config_file``) turns on TF Serving's Prometheus endpoint on the REST port at
+:data:`METRICS_PATH` (``:tensorflow:serving:request_count``, ``:tensorflow:serving:request_latency``,
+...). Metricbeat finds the pods by their ``app.kubernetes.io/name`` label (components.metricbeat).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -32,7 +38,7 @@ import pulumi_kubernetes as k8s
 from components.base import ValidationError
 from components.gpu_operator import GPU_TOLERATION
 from components.host_workload import check_pinned_image
-from components.k8s_platform import S3_ENDPOINT_HOST, S3_REGION, K8sComponent, check_namespace, meta
+from components.k8s_platform import S3_ENDPOINT_HOST, S3_REGION, K8sComponent, PodPeer, check_namespace, meta
 from components.kubernetes import POOL_LABEL
 from components.yc import yandex
 
@@ -45,6 +51,11 @@ GRPC_PORT = 8500
 #: Pod label value (``app.kubernetes.io/name``) of the service's backend pods (deploy/base).
 BACKEND_APP = "inference"
 S3_SECRET = "tf-serving-s3"
+#: TF Serving's Prometheus endpoint (REST port), turned on by the monitoring config file.
+METRICS_PATH = "/monitoring/prometheus/metrics"
+MONITORING_CONFIGMAP = "tf-serving-monitoring"
+MONITORING_DIR = "/etc/tf-serving"
+MONITORING_FILE = "monitoring.config"
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _QUANTITY_CPU = re.compile(r"^\d+(\.\d+)?$|^\d+m$")
 
@@ -62,6 +73,11 @@ def local_base_path(model: str) -> str:
 def sync_command(model_source: str, model: str) -> list[str]:
     """The init container's command (the service image's Python)."""
     return ["python", "-m", "service.model_sync", model_source, local_base_path(model)]
+
+
+def monitoring_config() -> str:
+    """TF Serving's ``--monitoring_config_file`` (text protobuf ``MonitoringConfig``)."""
+    return f'prometheus_config {{\n  enable: true,\n  path: "{METRICS_PATH}"\n}}\n'
 
 
 def service_url(namespace: str) -> str:
@@ -115,6 +131,8 @@ class TfServingArgs:
     client_labels: Mapping[str, str] | None = None
     #: Size limit of the model's local copy (every version below the prefix).
     model_volume_gi: int = 4
+    #: Pods allowed to read the metrics endpoint (the REST port only).
+    metrics_scrapers: Sequence[PodPeer] = ()
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
@@ -211,6 +229,7 @@ class TfServing(K8sComponent):
                 f"--model_base_path={local_base_path(args.model_name)}",
                 f"--port={GRPC_PORT}",
                 f"--rest_api_port={REST_PORT}",
+                f"--monitoring_config_file={MONITORING_DIR}/{MONITORING_FILE}",
             ],
             ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=REST_PORT),
                    k8s.core.v1.ContainerPortArgs(name="grpc", container_port=GRPC_PORT)],
@@ -222,7 +241,14 @@ class TfServing(K8sComponent):
             liveness_probe=probe(failure_threshold=5, period_s=20),
             security_context=locked_down,
             volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
-                           k8s.core.v1.VolumeMountArgs(name=MODEL_VOLUME, mount_path=MODELS_DIR, read_only=True)],
+                           k8s.core.v1.VolumeMountArgs(name=MODEL_VOLUME, mount_path=MODELS_DIR, read_only=True),
+                           k8s.core.v1.VolumeMountArgs(name="monitoring", mount_path=MONITORING_DIR, read_only=True)],
+        )
+        self.monitoring = k8s.core.v1.ConfigMap(
+            self.child_name("monitoring"),
+            k8s.core.v1.ConfigMapInitArgs(metadata=meta(MONITORING_CONFIGMAP, ns, self.k8s_labels),
+                                          data={MONITORING_FILE: monitoring_config()}),
+            opts=self.kchild(),
         )
         self.deployment = k8s.apps.v1.Deployment(
             self.child_name("deployment"),
@@ -256,13 +282,16 @@ class TfServing(K8sComponent):
                                     name=MODEL_VOLUME,
                                     empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
                                         size_limit=f"{args.model_volume_gi}Gi")),
+                                k8s.core.v1.VolumeArgs(
+                                    name="monitoring",
+                                    config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=MONITORING_CONFIGMAP)),
                             ],
                             termination_grace_period_seconds=30,
                         ),
                     ),
                 ),
             ),
-            opts=self.kchild(depends_on=[self.s3_secret, account]),
+            opts=self.kchild(depends_on=[self.s3_secret, account, self.monitoring]),
         )
         self.service = k8s.core.v1.Service(
             self.child_name("service"),
@@ -306,12 +335,18 @@ class TfServing(K8sComponent):
                 spec=k8s.networking.v1.NetworkPolicySpecArgs(
                     pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
                     policy_types=["Ingress"],
-                    ingress=[k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-                        from_=[k8s.networking.v1.NetworkPolicyPeerArgs(
-                            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=clients))],
-                        ports=[k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=REST_PORT),
-                               k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=GRPC_PORT)],
-                    )],
+                    ingress=[
+                        k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                            from_=[k8s.networking.v1.NetworkPolicyPeerArgs(
+                                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=clients))],
+                            ports=[k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=REST_PORT),
+                                   k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=GRPC_PORT)],
+                        ),
+                        *(k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                            from_=[scraper.peer()],
+                            ports=[k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=REST_PORT)],
+                        ) for scraper in args.metrics_scrapers),
+                    ],
                 ),
             ),
             opts=self.kchild(),

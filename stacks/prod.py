@@ -9,7 +9,9 @@ the nodes pull from; Managed ClickHouse (private; password generated, kept in Lo
 Kubernetes Secret for the service). Inside the cluster, through a provider built from the
 cluster's outputs: the NVIDIA GPU Operator, ingress-nginx on a reserved address, the service's
 namespace with its ClickHouse Secret, TF Serving (Deployment, Service, HPA, NetworkPolicy), ECK
-with Elasticsearch, Kibana and Filebeat, and ArgoCD with the Application that syncs
+with Elasticsearch, Kibana, Filebeat (logs) and Metricbeat (metrics of the service, TF Serving, the
+GPUs, the nodes and the cluster, with kube-state-metrics), Kibana's dashboards and alerting rules
+(imported by a Job), and ArgoCD with the Application that syncs
 ``deploy/overlays/prod`` (the service itself: Deployment, Service, Ingress, HPA, PDB,
 NetworkPolicy).
 
@@ -30,7 +32,7 @@ import pulumi
 from components import clickhouse, kubernetes
 from components.argocd import ArgoCd, ArgoCdArgs
 from components.clickhouse import Clickhouse, ClickhouseArgs
-from components.elk import Elk, ElkArgs
+from components.elk import Elk, ElkArgs, metricbeat_peer
 from components.gpu_operator import GpuOperator, GpuOperatorArgs
 from components.identity import WorkloadIdentity, WorkloadIdentityArgs
 from components.k8s_platform import (
@@ -195,6 +197,13 @@ def program(cfg: ProdConfig, root: Path) -> None:
         labels, provider,
     )
     tf = cfg.tf_serving
+    elk_args = ElkArgs(stack_version=cfg.elk.stack_version,
+                       chart=dataclasses.replace(ECK_CHART, version=charts.eck_operator),
+                       elasticsearch_nodes=cfg.elk.elasticsearch_nodes,
+                       elasticsearch_memory_gi=cfg.elk.elasticsearch_memory_gi,
+                       elasticsearch_storage_gi=cfg.elk.elasticsearch_storage_gi,
+                       kibana_replicas=cfg.elk.kibana_replicas, retention_days=cfg.elk.log_retention_days,
+                       app_namespace=gitops.namespace, model_name=cfg.model.name)
     model_source = pulumi.Output.concat("s3://", store.bucket_name, "/", tf_model_prefix(cfg))
     tf_serving = TfServing(
         f"{prefix}-tf-serving",
@@ -204,19 +213,12 @@ def program(cfg: ProdConfig, root: Path) -> None:
                       min_replicas=tf.min_replicas, max_replicas=tf.max_replicas,
                       target_cpu_percent=tf.target_cpu_percent, cpu=tf.cpu, memory_gi=tf.memory_gi,
                       gpu_capacity=gpu.max * gpu.gpus, node_cores=gpu.cores, node_memory_gb=gpu.memory_gb,
-                      client_labels={"app.kubernetes.io/name": BACKEND_APP}),
+                      client_labels={"app.kubernetes.io/name": BACKEND_APP},
+                      metrics_scrapers=[metricbeat_peer(elk_args.namespace)]),
         labels, provider,
         opts=pulumi.ResourceOptions(depends_on=[app, gpu_operator, store]),
     )
-    e = cfg.elk
-    elk = Elk(
-        f"{prefix}-elk",
-        ElkArgs(stack_version=e.stack_version, chart=dataclasses.replace(ECK_CHART, version=charts.eck_operator),
-                elasticsearch_nodes=e.elasticsearch_nodes, elasticsearch_memory_gi=e.elasticsearch_memory_gi,
-                elasticsearch_storage_gi=e.elasticsearch_storage_gi, kibana_replicas=e.kibana_replicas,
-                retention_days=e.log_retention_days),
-        labels, provider,
-    )
+    elk = Elk(f"{prefix}-elk", elk_args, labels, provider, opts=pulumi.ResourceOptions(depends_on=[gpu_operator]))
     argocd = ArgoCd(
         f"{prefix}-argocd",
         ArgoCdArgs(repo_url=gitops.repo_url, app_namespace=gitops.namespace, path=gitops.path,
@@ -232,6 +234,8 @@ def program(cfg: ProdConfig, root: Path) -> None:
                   ingress.ip.apply(lambda ip: f"http://{ip}/" if ip else None))
     pulumi.export("argocd_url", argocd.url)
     pulumi.export("kibana_url", elk.kibana_url)
+    pulumi.export("kibana_dashboards", elk.dashboards)
+    pulumi.export("kibana_alerts", elk.alerts)
     pulumi.export("tf_serving_url", tf_serving.url)
     pulumi.export("tf_model_source", model_source)
     pulumi.export("tf_model_base_path", tf_serving.model_base_path)

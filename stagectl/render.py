@@ -40,6 +40,7 @@ KEY_SETTINGS: dict[str, tuple[str, ...]] = {
     "Application": ("spec.source.path", "spec.source.targetRevision", "spec.syncPolicy.automated"),
     "Elasticsearch": ("spec.version", "spec.nodeSets.count"),
     "Beat": ("spec.type", "spec.version"),
+    "Job": ("metadata.name", "spec.template.spec.containers.image"),
 }
 
 

@@ -4,11 +4,11 @@
   ``kubernetes-validate`` in strict mode (unknown fields are errors) for the pinned Kubernetes
   version and every other version the config allows; a kind without a schema is a failure.
 - ArgoCD ``Application`` and ``AppProject``: ``@kubernetes-models/argo-cd`` (tests/js, run with node).
-- ECK ``Elasticsearch``, ``Kibana``, ``Beat``: no package that installs here ships their CRD
-  schemas, so they are checked structurally: their spec keys against the fields of ECK's API
-  reference (eck 2.14), references between them, the ILM policy, and their embedded pod templates
-  and volume claim templates validated as core ``PodTemplate``/``PersistentVolumeClaim`` objects
-  with kubernetes-validate.
+- ECK ``Elasticsearch``, ``Kibana`` and both ``Beat`` objects (Filebeat, Metricbeat): no package that
+  installs here ships their CRD schemas, so they are checked structurally: their spec keys against
+  the fields of ECK's API reference (eck 2.14), references between them, the ILM policies, and their
+  embedded pod templates and volume claim templates validated as core
+  ``PodTemplate``/``PersistentVolumeClaim`` objects with kubernetes-validate.
 
 kustomize cannot be installed here either, so ``render_overlay`` applies the few kustomize
 features the overlay uses (resources, namespace, labels, images, a strategic-merge patch without
@@ -32,9 +32,9 @@ import pytest
 import yaml
 
 from components import kubernetes as k8s_component
-from components import tfserving
+from components import metricbeat, tfserving
 from components.argocd import GITOPS_KINDS
-from components.elk import ILM_CONFIGMAP, ILM_MOUNT
+from components.elk import ILM_CONFIGMAP, ILM_MOUNT, METRICBEAT_POD_LABELS, METRICS_ILM_CONFIGMAP
 from components.k8s_platform import CLICKHOUSE_SECRET
 from policy import guardrails as g
 from stacks.config import ProdConfig, load_stage_config
@@ -262,10 +262,19 @@ def test_app_project_admits_exactly_the_kinds_deploy_holds():
 
 # --- ECK --------------------------------------------------------------------------------------------------
 
-def eck(kind: str) -> dict[str, Any]:
-    (document,) = objects_of({kind})
+def eck(kind: str, name: str | None = None) -> dict[str, Any]:
+    (document,) = [d for d in objects_of({kind}) if name is None or d["metadata"]["name"] == name]
     assert document["apiVersion"] == ECK_API_VERSIONS[kind]
     return document
+
+
+BEATS = ("filebeat", "metricbeat")
+
+
+def test_the_beats_are_filebeat_and_metricbeat():
+    assert sorted(d["metadata"]["name"] for d in objects_of({"Beat"})) == sorted(BEATS)
+    for name in BEATS:
+        assert eck("Beat", name)["spec"]["type"] == name
 
 
 def pod_template(template: dict[str, Any]) -> dict[str, Any]:
@@ -273,33 +282,40 @@ def pod_template(template: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_eck_specs_use_only_documented_fields():
-    es, kibana, beat = eck("Elasticsearch"), eck("Kibana"), eck("Beat")
+    es, kibana = eck("Elasticsearch"), eck("Kibana")
     assert set(es["spec"]) <= ECK_FIELDS["Elasticsearch"]
     assert all(set(node_set) <= ECK_FIELDS["NodeSet"] for node_set in es["spec"]["nodeSets"])
     assert set(kibana["spec"]) <= ECK_FIELDS["Kibana"]
-    assert set(beat["spec"]) <= ECK_FIELDS["Beat"]
-    assert set(beat["spec"]["daemonSet"]) <= ECK_FIELDS["DaemonSet"]
+    for name in BEATS:
+        beat = eck("Beat", name)
+        assert set(beat["spec"]) <= ECK_FIELDS["Beat"], name
+        assert set(beat["spec"]["daemonSet"]) <= ECK_FIELDS["DaemonSet"], name
 
 
 def test_eck_embedded_pod_and_volume_templates_pass_strict_validation():
     version = prod_config().kubernetes.version
-    es, kibana, beat = eck("Elasticsearch"), eck("Kibana"), eck("Beat")
+    es, kibana = eck("Elasticsearch"), eck("Kibana")
     for node_set in es["spec"]["nodeSets"]:
         validate_strict(pod_template(node_set["podTemplate"]), version)
         for claim in node_set["volumeClaimTemplates"]:
             validate_strict({"apiVersion": "v1", "kind": "PersistentVolumeClaim", **claim}, version)
     validate_strict(pod_template(kibana["spec"]["podTemplate"]), version)
-    validate_strict(pod_template(beat["spec"]["daemonSet"]["podTemplate"]), version)
+    for name in BEATS:
+        validate_strict(pod_template(eck("Beat", name)["spec"]["daemonSet"]["podTemplate"]), version)
 
 
 def test_eck_resources_fit_together():
     cfg = prod_config()
-    es, kibana, beat = eck("Elasticsearch"), eck("Kibana"), eck("Beat")
-    assert es["spec"]["version"] == kibana["spec"]["version"] == beat["spec"]["version"] == cfg.elk.stack_version
-    assert len({es["metadata"]["namespace"], kibana["metadata"]["namespace"], beat["metadata"]["namespace"]}) == 1
-    assert kibana["spec"]["elasticsearchRef"]["name"] == beat["spec"]["elasticsearchRef"]["name"] == \
-        es["metadata"]["name"]
-    assert beat["spec"]["kibanaRef"]["name"] == kibana["metadata"]["name"]
+    es, kibana = eck("Elasticsearch"), eck("Kibana")
+    for name in BEATS:
+        beat = eck("Beat", name)
+        assert es["spec"]["version"] == kibana["spec"]["version"] == beat["spec"]["version"] == \
+            cfg.elk.stack_version
+        assert len({es["metadata"]["namespace"], kibana["metadata"]["namespace"],
+                    beat["metadata"]["namespace"]}) == 1
+        assert kibana["spec"]["elasticsearchRef"]["name"] == beat["spec"]["elasticsearchRef"]["name"] == \
+            es["metadata"]["name"]
+        assert beat["spec"]["kibanaRef"]["name"] == kibana["metadata"]["name"]
     (node_set,) = es["spec"]["nodeSets"]
     assert node_set["count"] == cfg.elk.elasticsearch_nodes
     # ECK mounts the data volume only under this claim name.
@@ -312,7 +328,7 @@ def test_eck_resources_fit_together():
 
 def test_filebeat_ships_container_logs_from_every_node_with_ilm_retention():
     cfg = prod_config()
-    beat = eck("Beat")
+    beat = eck("Beat", "filebeat")
     assert beat["spec"]["type"] == "filebeat" and "deployment" not in beat["spec"]
     spec = beat["spec"]["daemonSet"]["podTemplate"]["spec"]
     assert spec["tolerations"] == [{"operator": "Exists"}], "runs on the tainted GPU nodes too"
@@ -331,7 +347,34 @@ def test_filebeat_ships_container_logs_from_every_node_with_ilm_retention():
     policy = json.loads(configmap["data"]["policy.json"])["policy"]["phases"]
     assert policy["delete"] == {"min_age": f"{cfg.elk.log_retention_days}d", "actions": {"delete": {}}}
     assert policy["hot"]["actions"]["rollover"]["max_age"] == "1d"
-    binding = objects_of({"ClusterRoleBinding"})[0]
+    (binding,) = [b for b in objects_of({"ClusterRoleBinding"}) if b["metadata"]["name"] == "aistack-filebeat"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": spec["serviceAccountName"],
+                                    "namespace": beat["metadata"]["namespace"]}]
+
+
+def test_metricbeat_runs_on_every_node_with_ilm_retention_next_to_the_logs():
+    beat = eck("Beat", "metricbeat")
+    assert beat["spec"]["type"] == "metricbeat" and "deployment" not in beat["spec"]
+    spec = beat["spec"]["daemonSet"]["podTemplate"]["spec"]
+    assert spec["tolerations"] == [{"operator": "Exists"}], "runs on the tainted GPU nodes too"
+    assert spec.get("hostNetwork") is False, "NetworkPolicies must see the pod's own IP and labels"
+    (container,) = spec["containers"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"NODE_NAME": "spec.nodeName", "NODE_IP": "status.hostIP"}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert set(mounts) == set(volumes)
+    assert all(m["readOnly"] for m in mounts.values())
+    assert volumes["proc"]["hostPath"]["path"] == "/proc" and mounts["proc"]["mountPath"] == "/hostfs/proc"
+    assert volumes["ilm-policy"]["configMap"]["name"] == METRICS_ILM_CONFIGMAP
+    config = beat["spec"]["config"]
+    assert config["setup.ilm.policy_name"] == metricbeat.ILM_POLICY != \
+        eck("Beat", "filebeat")["spec"]["config"]["setup.ilm.policy_name"]
+    assert config["setup.ilm.policy_file"] == f"{mounts['ilm-policy']['mountPath']}/policy.json"
+    (configmap,) = [c for c in objects_of({"ConfigMap"}) if c["metadata"]["name"] == METRICS_ILM_CONFIGMAP]
+    phases = json.loads(configmap["data"]["policy.json"])["policy"]["phases"]
+    assert set(phases) == {"hot", "delete"} and phases["delete"]["min_age"] == "30d"
+    (binding,) = [b for b in objects_of({"ClusterRoleBinding"}) if b["metadata"]["name"] == "aistack-metricbeat"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": spec["serviceAccountName"],
                                     "namespace": beat["metadata"]["namespace"]}]
 
@@ -404,7 +447,16 @@ def test_network_policies_connect_exactly_backend_tf_serving_and_clickhouse():
     policy = next(d for d in render(OVERLAY) if d["kind"] == "NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     (ingress,) = policy["ingress"]
-    assert ingress["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ingress-nginx"}
+    elk_namespace = eck("Beat", "metricbeat")["metadata"]["namespace"]
+    assert ingress["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": elk_namespace}},
+         "podSelector": {"matchLabels": METRICBEAT_POD_LABELS}},
+    ], "the service's port admits the ingress controller and Metricbeat (for /metrics), nothing else"
+    assert ingress["ports"] == [{"protocol": "TCP", "port": 8080}]
+    assert eck("Beat", "metricbeat")["spec"]["daemonSet"]["podTemplate"]["metadata"]["labels"] == \
+        METRICBEAT_POD_LABELS
     egress = {rule["ports"][0]["port"]: rule["to"] for rule in policy["egress"]}
     assert egress[tfserving.REST_PORT] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": tfserving.NAME}}}]
     assert sorted(peer["ipBlock"]["cidr"] for peer in egress[8443]) == sorted(cfg.network.subnets.values()), \
@@ -412,8 +464,14 @@ def test_network_policies_connect_exactly_backend_tf_serving_and_clickhouse():
     (tf_policy,) = [d for d in objects_of({"NetworkPolicy"}) if d["metadata"]["name"] == tfserving.NAME]
     backend_labels = next(d for d in render(OVERLAY) if d["kind"] == "Deployment")["spec"]["template"]["metadata"][
         "labels"]
-    allowed = tf_policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    backend_rule, scraper_rule = tf_policy["spec"]["ingress"]
+    allowed = backend_rule["from"][0]["podSelector"]["matchLabels"]
     assert allowed.items() <= backend_labels.items(), "TF Serving admits the backend's pods"
+    assert scraper_rule == {
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": elk_namespace}},
+                  "podSelector": {"matchLabels": METRICBEAT_POD_LABELS}}],
+        "ports": [{"protocol": "TCP", "port": tfserving.REST_PORT}],
+    }, "Metricbeat reaches TF Serving's REST port (metrics, model status) only"
 
 
 def restricted_violations(pod: dict[str, Any]) -> list[str]:
@@ -446,7 +504,7 @@ def test_workloads_of_the_app_namespace_meet_the_restricted_level_it_enforces():
     assert len(pods) == 2
     for pod in pods:
         assert restricted_violations(pod) == [], pod["containers"][0]["name"]
-    filebeat = eck("Beat")["spec"]["daemonSet"]["podTemplate"]["spec"]
+    filebeat = eck("Beat", "filebeat")["spec"]["daemonSet"]["podTemplate"]["spec"]
     assert restricted_violations(filebeat), "the check does catch a privileged pod (Filebeat reads host paths)"
 
 

@@ -23,7 +23,8 @@ PASSWORD = "Generated-ClickHouse-0123456789xy"
 ACCESS_KEY = "YCAJE-access-key-id-plain"
 SECRET_KEY = "YCM-secret-access-key-PLAINTEXT"
 REPO_TOKEN = "glpat-REPO-token-PLAINTEXT"
-OUTPUTS = {"ingress_address", "service_url", "argocd_url", "kibana_url", "tf_serving_url", "tf_model_base_path",
+OUTPUTS = {"ingress_address", "service_url", "argocd_url", "kibana_url", "kibana_dashboards", "kibana_alerts",
+           "tf_serving_url", "tf_model_base_path",
            "tf_model_source",
            "clickhouse_host", "clickhouse_port", "clickhouse_database", "clickhouse_user", "cluster_id", "kubeconfig",
            "bucket_name", "registry_id", "image_repository", "model_uri"}
@@ -197,6 +198,15 @@ def test_outputs(run_stack, model):
     assert outputs["clickhouse_host"] == "c-(prod-clickhouse-cluster.id).rw.mdb.yandexcloud.net"
     assert outputs["clickhouse_port"] == 8443 and outputs["clickhouse_user"] == "inference"
     assert outputs["kibana_url"] == "https://logs-kb-http.logging.svc:5601"
+    assert outputs["kibana_dashboards"] == {
+        "aistack: inference service": "https://logs-kb-http.logging.svc:5601/app/dashboards#/view/aistack-service",
+        "aistack: TF Serving": "https://logs-kb-http.logging.svc:5601/app/dashboards#/view/aistack-tf-serving",
+        "aistack: GPUs, nodes and cluster": "https://logs-kb-http.logging.svc:5601/app/dashboards#/view/aistack-gpu"}
+    assert set(outputs["kibana_alerts"]) == {
+        "InferenceServiceDown", "InferenceErrorRatioHigh", "InferenceLatencyP99High", "PredictionStoreDown",
+        "TfServingDown", "TfServingModelNotReady", "GpuMemoryHigh", "GpuUtilisationHigh", "GpuMetricsMissing"}
+    assert all(url.startswith("https://logs-kb-http.logging.svc:5601/app/management/insightsAndAlerting/"
+                              "triggersActions/rule/") for url in outputs["kibana_alerts"].values())
     assert outputs["argocd_url"] == "https://argocd-server.argocd.svc"
     assert outputs["tf_serving_url"] == "http://tf-serving.aistack.svc:8501"
     assert outputs["tf_model_source"] == f"s3://aistack-prod-b1gexamplefolder0prd/models/digits/{sha}/tf"
@@ -241,7 +251,7 @@ def test_helm_charts_are_pinned_to_the_configured_versions(run_stack, model):
     releases = {r.inputs["chart"]: r.inputs for r in rec.of_type("Release")}
     assert {chart: release["version"] for chart, release in releases.items()} == {
         "argo-cd": "7.8.0", "eck-operator": "2.14.0", "gpu-operator": "v24.9.2", "ingress-nginx": "4.11.3",
-        "cert-manager": "v1.21.1"}
+        "cert-manager": "v1.21.1", "kube-state-metrics": "5.27.0"}
     for chart, release in releases.items():
         assert SEMVER.match(release["version"]), chart
         assert release["repositoryOpts"]["repo"].startswith("https://"), chart
