@@ -263,7 +263,14 @@ class Service:
             delay = min(delay * 2, 300.0)
 
     async def ready(self) -> bool:
-        return self.model is not None and await self.backend.ready()
+        ok = self.model is not None and await self.backend.ready()
+        self._note_ready(ok)
+        return ok
+
+    def _note_ready(self, ok: bool) -> None:
+        """``model_ready`` follows what the readiness checks see (a remote backend that lost the
+        model drops it), not only the load."""
+        self.metrics.model_ready.set(1 if ok else 0)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -509,6 +516,7 @@ class Service:
             why = self.backend.unready_reason
             reason = f"backend not ready: {why}" if why else "backend not ready"
             ok, body = False, {"status": "not_ready", "backend": self.backend.name, "reason": reason}
+        self._note_ready(ok)
         return (200 if ok else 503), _dumps(body)
 
     def metrics_text(self) -> bytes:

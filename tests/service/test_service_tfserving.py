@@ -24,7 +24,7 @@ from service.backends.onnx import OnnxBackend
 from service.backends.tfserving import TfServingBackend
 from service.model_source import ModelArtifact, ModelLoadError, fetch_model
 from stagectl.tf_export import MAX_ABS_DIFF
-from tests.service.helpers import free_port, wait_until
+from tests.service.helpers import free_port, metric_value, wait_until
 from tests.service.tfserving_fake import FakeTfServing, built_model_with_tf
 
 MODEL = "digits"  # TFSERVING_MODEL of deploy/base (the stage's model name, not the card's)
@@ -340,10 +340,13 @@ def test_service_on_tf_serving_answers_like_onnx_503_while_it_is_down_then_recov
             assert error["rule"] == "backend_unavailable" and "retry later" in error["error"]
             assert "127.0.0.1" not in error["error"]
             wait_until(lambda: http.get("/readyz").status_code == 503, what="/readyz 503 while TF Serving is down")
+            # the gauge dashboards and alerts read follows the readiness checks, not only the load
+            assert metric_value(http.get("/metrics").text, "model_ready") == 0
 
             started = time.monotonic()
             server.start()  # same port
             wait_until(lambda: http.get("/readyz").status_code == 200, timeout=30, what="/readyz 200 again")
+            assert metric_value(http.get("/metrics").text, "model_ready") == 1
             assert_like_onnx(predict(http))
             assert time.monotonic() - started < 60
         logs = " ".join(json.dumps(line) for line in svc.log_lines())
