@@ -78,11 +78,43 @@ class Settings(BaseModel):
 
 
 class ReleasePins(Settings):
-    """What a release is: the service image and the model, both pinned by digest."""
+    """What a release is: the service image and the model, both pinned by digest.
+
+    ``images`` is the build's flavour of the image for each stage (service/Dockerfile's ``STAGE``:
+    each carries only that stage's backend and store clients), as deploy:mvp records it and
+    ``stagectl promote`` carries it; when it is there, a stack's ``imageDigest`` must be its own
+    stage's entry (StageConfig checks it). A release recorded before the build made one image per
+    stage has none: every stage then runs the one image.
+    """
 
     image_digest: ImageDigest
     model_sha256: Sha256
     model_version: str | None = None
+    images: dict[str, ImageDigest] | None = None
+
+    @field_validator("images")
+    @classmethod
+    def _known_stages(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None:
+            unknown = sorted(set(value) - set(STAGES))
+            if unknown:
+                raise LimitError(f"{', '.join(map(repr, unknown))} is not a stage: the keys are the stages "
+                                 f"({', '.join(STAGES)}), each mapped to the digest of its flavour of the image")
+        return value
+
+    def check_flavour(self, stage: str) -> None:
+        """With ``images``, ``imageDigest`` must be ``stage``'s flavour: a stack never runs another's."""
+        if self.images is None:
+            return
+        own = self.images.get(stage)
+        if own is None:
+            listed = ", ".join(sorted(self.images)) or "nothing"
+            raise LimitError(f"release.images has no {stage} flavour (it lists {listed}): record the digest the build "
+                             f"job pushed as image-{stage}.digest in release.images.{stage}")
+        if own != self.image_digest:
+            raise LimitError(f"release.imageDigest {self.image_digest} is not release.images.{stage} {own}: the "
+                             f"{stage} stack runs its own stage's flavour of the image; promote the release with "
+                             "`stagectl promote`, which sets both")
 
 
 class ModelSettings(Settings):
@@ -164,6 +196,14 @@ class StageConfig(Settings):
     labels: dict[str, str] = Field(default_factory=dict)
     release: ReleasePins
     model: ModelSettings = Field(default_factory=ModelSettings)
+
+    @field_validator("release")
+    @classmethod
+    def _own_flavour(cls, value: ReleasePins, info: ValidationInfo) -> ReleasePins:
+        stage = info.data.get("stage")
+        if stage is not None:
+            value.check_flavour(stage)
+        return value
 
     def resource_labels(self) -> dict[str, str]:
         """Labels for every resource: user labels plus ``project`` and ``stage``."""

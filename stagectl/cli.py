@@ -134,6 +134,8 @@ def _promote(args: argparse.Namespace) -> int:
         return 4
     for gate in promotion.gates:
         print(f"ok  {gate}")
+    for note in promotion.notes:
+        print(f"note  {note}")
     diff_text = promotion.diff(root)
     print(diff_text or "the target already pins this release: nothing to change")
     if args.dry_run:
@@ -207,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     prom.add_argument("--image-to", metavar="REPO", help="the target stage's image repository "
                       "(default: its image_repository output)")
     prom.add_argument("--no-copy-image", action="store_true",
-                      help="do not copy the image to the target's registry (it must be there already)")
+                      help="do not copy the release's image (its flavours) to the target's registry (it must hold "
+                      "them already)")
     prom.add_argument("--registry-insecure", action="store_true",
                       default=os.environ.get("REGISTRY_TLS_VERIFY", "true").lower() == "false",
                       help="reach the registries over plain HTTP, without TLS (local test registries only; "

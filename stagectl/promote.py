@@ -1,12 +1,18 @@
-"""``stagectl promote FROM TO``: move a release (image digest + model sha256) to the next stage.
+"""``stagectl promote FROM TO``: move a release (image digests + model sha256) to the next stage.
 
-A release is what ``aistack:release`` pins in a stack file. Promotion copies the source stage's
-pins into the target stack file, editing only those values (comments, order and everything else
-stay as they were), and for ``prod`` also the image digest of ``deploy/``'s prod overlay, which
-ArgoCD syncs. It refuses, with a reason, unless every gate passes:
+A release is what ``aistack:release`` pins in a stack file: one commit's build of the service
+image in one flavour per stage (``images``: stage -> digest, service/Dockerfile's ``STAGE``), the
+stage's own flavour as ``imageDigest``, and the model. Promotion writes the release into the
+target stack file with the target's flavour as ``imageDigest`` and the ``images`` mapping carried
+as it is, editing only those values (comments, order and everything else stay as they were), and
+for ``prod`` also the image digest of ``deploy/``'s prod overlay (prod's flavour), which ArgoCD
+syncs. A release recorded before the build made one image per stage has no ``images``: the target
+then gets the source's ``imageDigest`` (the one image), with a note saying so. It refuses, with a
+reason, unless every gate passes:
 
 1. order: only to the next stage (mvp -> partner -> prod) unless ``--force``;
-2. pinned: the source pins the image by digest and the model by sha256;
+2. pinned: the source pins the image by digest (every flavour too, its own being ``imageDigest``,
+   the target's being there) and the model by sha256;
 3. smoke test: the source stage's endpoint answers the golden input with the expected labels and
    serves the pinned model version;
 4. target: the target stack, with the new pins, passes every guardrail and its budget.
@@ -15,9 +21,11 @@ Each stage runs the image from its own Container Registry (its workloads hold th
 that one only), so promotion also **copies the image by digest** from the source stage's
 repository to the target's (``skopeo copy --preserve-digests``: the target refuses a copy whose
 digest would change), tags it ``release-<12 hex of the digest>`` so lifecycle policies keep it,
-and checks that the target serves that digest. The repositories are the stacks' ``image_repository``
-outputs unless given. For ``prod`` the overlay's image ``newName`` becomes the target repository.
-Nothing is written unless every gate and the copy succeed.
+and checks that the target serves that digest. It copies the target's flavour and those of the
+stages after it (partner's registry holds prod's flavour for the partner -> prod promotion,
+which copies from there). The repositories are the stacks' ``image_repository`` outputs unless
+given. For ``prod`` the overlay's image ``newName`` becomes the target repository. Nothing is
+written unless every gate and the copy succeed.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 STAGE_ORDER = ("mvp", "partner", "prod")
 PIN_KEYS = ("imageDigest", "modelSha256", "modelVersion")
+#: The release's flavour of the image for each stage: ``{mvp: sha256:..., partner: ..., prod: ...}``.
+IMAGES_KEY = "images"
 RELEASE_KEY = "aistack:release"
 OVERLAY = Path("deploy") / "overlays" / "prod" / "kustomization.yaml"
 SERVICE_IMAGE = "inference"
@@ -73,8 +83,10 @@ def release_tag(digest: str) -> str:
 
 
 def copy_image(source: str, target: str, digest: str, tls_verify: bool = True,
-               runner: Callable[[Sequence[str]], subprocess.CompletedProcess[bytes]] | None = None) -> str:
-    """Copy ``source@digest`` to ``target`` (tag :func:`release_tag`), keeping the digest; return the gate line."""
+               runner: Callable[[Sequence[str]], subprocess.CompletedProcess[bytes]] | None = None,
+               flavour: str | None = None) -> str:
+    """Copy ``source@digest`` to ``target`` (tag :func:`release_tag`), keeping the digest; return the gate
+    line, which names ``flavour`` (the stage whose flavour of the image it is) when given."""
     skopeo = shutil.which("skopeo")
     if skopeo is None:
         raise PromotionRefused("skopeo is not installed, and the image must be copied to the target stage's "
@@ -90,23 +102,33 @@ def copy_image(source: str, target: str, digest: str, tls_verify: bool = True,
                   f"--dest-tls-verify={verify}", f"docker://{source}@{digest}",
                   f"docker://{target}:{release_tag(digest)}"])
     if copied.returncode != 0:
-        raise PromotionRefused(f"copying the image {source}@{digest} to {target} failed: "
+        raise PromotionRefused(f"copying {_what(flavour)} {source}@{digest} to {target} failed: "
                                f"{copied.stderr.decode(errors='replace').strip()[-600:]}")
     inspected = run([skopeo, "inspect", "--raw", f"--tls-verify={verify}", f"docker://{target}@{digest}"])
     served = "sha256:" + hashlib.sha256(inspected.stdout).hexdigest() if inspected.returncode == 0 else None
     if served != digest:
         raise PromotionRefused(f"after the copy {target} does not serve {digest} (got {served or 'nothing'}): the "
                                "target stage could not pull the release")
-    return f"image: {digest[:19]}... copied to {target} (tag {release_tag(digest)}), digest unchanged"
+    named = f"{flavour} flavour " if flavour else ""
+    return f"image: {named}{digest[:19]}... copied to {target} (tag {release_tag(digest)}), digest unchanged"
+
+
+def _what(flavour: str | None) -> str:
+    return f"the {flavour} flavour of the image" if flavour else "the image"
 
 
 @dataclass
 class Promotion:
     source: str
     target: str
+    #: What the target stack file gets (its ``imageDigest`` is the target's flavour).
     pins: dict[str, str]
+    #: The release's flavours (stage -> digest), carried as they are; None: a release without them.
+    images: dict[str, str] | None = None
     changes: dict[Path, tuple[str, str]] = field(default_factory=dict)  # path -> (before, after)
     gates: list[str] = field(default_factory=list)
+    #: What the operator should know that is no gate (printed as ``note``).
+    notes: list[str] = field(default_factory=list)
 
     def diff(self, root: Path) -> str:
         out: list[str] = []
@@ -135,15 +157,39 @@ def _dump(document: Any) -> str:
     return stream.getvalue()
 
 
-def read_pins(root: Path, stack: str) -> dict[str, str]:
+def _release(root: Path, stack: str) -> Mapping[str, Any]:
     path = root / f"Pulumi.{stack}.yaml"
     if not path.is_file():
         raise PromotionRefused(f"no {path.name}: known stages are {', '.join(STAGE_ORDER)}")
     release = ((_load(path) or {}).get("config") or {}).get(RELEASE_KEY) or {}
+    if not isinstance(release, Mapping):
+        raise PromotionRefused(f"{path.name}: {RELEASE_KEY} is not a mapping")
+    return release
+
+
+def read_pins(root: Path, stack: str) -> dict[str, str]:
+    path = root / f"Pulumi.{stack}.yaml"
+    release = _release(root, stack)
     pins = {k: str(release[k]) for k in PIN_KEYS if release.get(k) is not None}
     if "imageDigest" not in pins or "modelSha256" not in pins:
         raise PromotionRefused(f"{path.name} has no complete release: set {RELEASE_KEY}.imageDigest and .modelSha256")
     return pins
+
+
+def read_images(root: Path, stack: str) -> dict[str, str] | None:
+    """The release's flavour of the image for each stage (``release.images``), in stage order; None
+    when the release has none (recorded before the build made one image per stage)."""
+    images = _release(root, stack).get(IMAGES_KEY)
+    if images is None:
+        return None
+    if not isinstance(images, Mapping):
+        raise PromotionRefused(f"Pulumi.{stack}.yaml: {RELEASE_KEY}.{IMAGES_KEY} is not a mapping of stage -> "
+                               f"digest ({images!r})")
+    unknown = sorted(str(stage) for stage in images if stage not in STAGE_ORDER)
+    if unknown:
+        raise PromotionRefused(f"Pulumi.{stack}.yaml: {RELEASE_KEY}.{IMAGES_KEY} names {', '.join(unknown)}, which "
+                               f"is not a stage ({', '.join(STAGE_ORDER)})")
+    return {stage: str(images[stage]) for stage in STAGE_ORDER if stage in images}
 
 
 def check_order(source: str, target: str, force: bool) -> str:
@@ -163,13 +209,32 @@ def check_order(source: str, target: str, force: bool) -> str:
                            "or pass --force")
 
 
-def check_pinned(pins: Mapping[str, str], source: str) -> str:
+def check_pinned(pins: Mapping[str, str], source: str, images: Mapping[str, str] | None = None,
+                 target: str | None = None) -> str:
+    """The source's release is pinned by digest, and with ``images`` every flavour too, the source's own
+    being its ``imageDigest`` and ``target``'s (when given) being there."""
     if not _DIGEST.match(pins["imageDigest"]):
         raise PromotionRefused(f"the {source} image is not pinned by digest ({pins['imageDigest']!r}): a release "
                                "needs 'sha256:<64 hex>' as recorded by the build job")
     if not _SHA256.match(pins["modelSha256"]):
         raise PromotionRefused(f"the {source} model pin {pins['modelSha256']!r} is not a sha256 digest")
-    return f"pinned: image {pins['imageDigest'][:19]}..., model {pins['modelSha256'][:12]}"
+    line = f"pinned: image {pins['imageDigest'][:19]}..., model {pins['modelSha256'][:12]}"
+    if images is None:
+        return line
+    for stage, digest in images.items():
+        if not _DIGEST.match(digest):
+            raise PromotionRefused(f"the {source} release's {stage} flavour is not pinned by digest ({digest!r}): "
+                                   f"{RELEASE_KEY}.{IMAGES_KEY}.{stage} needs 'sha256:<64 hex>' as recorded by the "
+                                   "build job")
+    if images.get(source) != pins["imageDigest"]:
+        raise PromotionRefused(f"the {source} release is inconsistent: {RELEASE_KEY}.imageDigest "
+                               f"{pins['imageDigest'][:19]}... is not its {source} flavour "
+                               f"({RELEASE_KEY}.{IMAGES_KEY}.{source}: {images.get(source, 'not set')})")
+    if target is not None and target not in images:
+        raise PromotionRefused(f"the {source} release has no {target} flavour of the image ({RELEASE_KEY}."
+                               f"{IMAGES_KEY} lists {', '.join(images) or 'nothing'}): {target} would run another "
+                               f"stage's image; release a build that made every flavour (STAGES)")
+    return f"{line}, flavours {', '.join(images)}"
 
 
 def load_golden(path: Path) -> tuple[list[list[float]], list[int]]:
@@ -252,8 +317,9 @@ def registry_in_state(stack: str, runner: Callable[[Sequence[str]], str] | None 
     return f"{REGISTRY_HOST}/{ids[0]}/{SERVICE_REPOSITORY}" if len(ids) == 1 else None
 
 
-def set_release(text: str, pins: Mapping[str, str]) -> str:
-    """``text`` of a stack file with ``aistack:release`` set to ``pins``; nothing else changes."""
+def set_release(text: str, pins: Mapping[str, str], images: Mapping[str, str] | None = None) -> str:
+    """``text`` of a stack file with ``aistack:release`` set to ``pins`` and its ``images`` to ``images``
+    (None: removed, as a release without flavours has none); nothing else changes."""
     document = _yaml().load(text)
     config = document.setdefault("config", CommentedMap())
     release = config.get(RELEASE_KEY)
@@ -262,6 +328,16 @@ def set_release(text: str, pins: Mapping[str, str]) -> str:
     for key in PIN_KEYS:
         if key in pins:
             release[key] = DoubleQuotedScalarString(pins[key])
+    if images is None:
+        release.pop(IMAGES_KEY, None)  # an older release's flavours would contradict its imageDigest
+    else:
+        flavours = release.get(IMAGES_KEY)
+        if not isinstance(flavours, CommentedMap):
+            flavours = release[IMAGES_KEY] = CommentedMap()
+        for stage in [s for s in flavours if s not in images]:
+            del flavours[stage]
+        for stage, digest in images.items():
+            flavours[stage] = DoubleQuotedScalarString(digest)
     return _dump(document)
 
 
@@ -321,8 +397,26 @@ def promote(source: str, target: str, root: Path, *, endpoint: str | None = None
     ``dry_run``). Raises PromotionRefused."""
     promotion = Promotion(source, target, {})
     promotion.gates.append(check_order(source, target, force))
-    promotion.pins = read_pins(root, source)
-    promotion.gates.append(check_pinned(promotion.pins, source))
+    pins = read_pins(root, source)
+    images = read_images(root, source)
+    promotion.gates.append(check_pinned(pins, source, images, target))
+    # what moves: the target's flavour, and those of the stages after it (the next promotion copies
+    # them on from the target's registry); without flavours, the one image
+    moving: list[tuple[str | None, str]]
+    if images is None:
+        promotion.pins = dict(pins)
+        moving = [(None, pins["imageDigest"])]
+        promotion.notes.append(f"the {source} release has no per-stage flavours ({RELEASE_KEY}.{IMAGES_KEY}): "
+                               f"{target} gets the same image as {source}, {pins['imageDigest'][:19]}... (a release "
+                               "built before the build made one image per stage)")
+    else:
+        promotion.pins = {**pins, "imageDigest": images[target]}
+        promotion.images = dict(images)
+        later = STAGE_ORDER[STAGE_ORDER.index(target):]
+        moving = []
+        for stage in (s for s in later if s in images):
+            if images[stage] not in (digest for _, digest in moving):
+                moving.append((stage, images[stage]))
 
     url = endpoint or stack_output(source, ENDPOINT_OUTPUTS[source], output_runner)
     if not url:
@@ -334,7 +428,7 @@ def promote(source: str, target: str, root: Path, *, endpoint: str | None = None
 
     target_file = root / f"Pulumi.{target}.yaml"
     before = target_file.read_text()
-    after = set_release(before, promotion.pins)
+    after = set_release(before, promotion.pins, promotion.images)
     promotion.gates.append(check_target(root, target, after))
     if after != before:
         promotion.changes[target_file] = (before, after)
@@ -342,14 +436,17 @@ def promote(source: str, target: str, root: Path, *, endpoint: str | None = None
     if image is not None:
         source_repository = _repository(source, image.source, output_runner)
         target_repository = _repository(target, image.target, output_runner)
-        if dry_run:
-            promotion.gates.append(f"image: would copy {source_repository}@{promotion.pins['imageDigest'][:19]}... "
-                                   f"to {target_repository} (dry run)")
-        else:
-            promotion.gates.append(copy_image(source_repository, target_repository, promotion.pins["imageDigest"],
-                                              image.tls_verify))
+        for flavour, digest in moving:
+            if dry_run:
+                promotion.gates.append(f"image: would copy {_what(flavour)} {source_repository}@{digest[:19]}... "
+                                       f"to {target_repository}{_why(flavour, target)} (dry run)")
+            else:
+                promotion.gates.append(copy_image(source_repository, target_repository, digest, image.tls_verify,
+                                                  flavour=flavour) + _why(flavour, target))
     else:
-        promotion.gates.append(f"image: not copied (--no-copy-image): {target}'s registry must already hold it")
+        for flavour, digest in moving:
+            promotion.gates.append(f"image: {_what(flavour)} {digest[:19]}... not copied (--no-copy-image): "
+                                   f"{target}'s registry must already hold it{_why(flavour, target)}")
     if target == "prod":
         overlay = root / OVERLAY
         if not overlay.is_file():
@@ -362,6 +459,11 @@ def promote(source: str, target: str, root: Path, *, endpoint: str | None = None
         for path, (_, text) in promotion.changes.items():
             path.write_text(text)
     return promotion
+
+
+def _why(flavour: str | None, target: str) -> str:
+    """Why a flavour that the target does not run travels with it."""
+    return f", for the promotion to {flavour}" if flavour is not None and flavour != target else ""
 
 
 def _default_golden(root: Path, stack: str) -> Path:

@@ -35,9 +35,15 @@ def served(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     svc.stop()
 
 
-def project_with_release(tmp_path: Path, model_dir: Path, digest: str = DIGEST) -> Path:
+#: A release's flavour of the image for each stage (what deploy:mvp records in release.images).
+FLAVOURS = {"mvp": DIGEST, "partner": "sha256:" + "6a" * 32, "prod": "sha256:" + "7b" * 32}
+
+
+def project_with_release(tmp_path: Path, model_dir: Path, digest: str = DIGEST,
+                         images: dict[str, str] | None = None) -> Path:
     """A copy of the project's stack files and prod overlay in which mvp pins ``digest`` and the served
-    model, and the later stages an older release."""
+    model, and the later stages an older release. ``images``: the release's flavours, recorded in mvp's
+    release.images as deploy:mvp's `pulumi config set --path` does (``digest`` is mvp's)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     for name in ("Pulumi.yaml", "Pulumi.mvp.yaml", "Pulumi.partner.yaml", "Pulumi.prod.yaml"):
         shutil.copy(ROOT / name, tmp_path / name)
@@ -47,7 +53,14 @@ def project_with_release(tmp_path: Path, model_dir: Path, digest: str = DIGEST) 
     mvp = tmp_path / "Pulumi.mvp.yaml"
     text = mvp.read_text()
     old = yaml.safe_load(text)["config"]["aistack:release"]
-    mvp.write_text(text.replace(old["imageDigest"], digest).replace(old["modelSha256"], sha))
+    text = text.replace(old["imageDigest"], digest).replace(old["modelSha256"], sha)
+    if images is not None:
+        assert images.get("mvp") == digest, "mvp runs its own flavour"
+        pin = f'    modelSha256: "{sha}"\n'
+        assert text.count(pin) == 1
+        flavours = "".join(f"      {stage}: {flavour}\n" for stage, flavour in images.items())
+        text = text.replace(pin, pin + "    images:\n" + flavours)
+    mvp.write_text(text)
     for stage in ("partner", "prod"):  # the targets still pin an older release
         path = tmp_path / f"Pulumi.{stage}.yaml"
         pins = yaml.safe_load(path.read_text())["config"]["aistack:release"]

@@ -69,13 +69,21 @@ class LocalRegistry:
                                  f"docker://{self.host}/{repository}@{digest}"], capture_output=True, timeout=60)
         return result.returncode == 0 and "sha256:" + hashlib.sha256(result.stdout).hexdigest() == digest
 
+    def labels(self, repository: str, digest: str) -> dict[str, str]:
+        """The image configuration's labels of ``repository@digest``."""
+        result = subprocess.run(["skopeo", "inspect", "--tls-verify=false",
+                                 f"docker://{self.host}/{repository}@{digest}"], capture_output=True, text=True,
+                                timeout=60, check=True)
+        return dict(json.loads(result.stdout).get("Labels") or {})
+
     def tags(self, repository: str) -> list[str]:
         with urllib.request.urlopen(f"http://{self.host}/v2/{repository}/tags/list", timeout=5) as response:
             return sorted(json.loads(response.read())["tags"] or [])
 
 
-def push_small_image(registry: LocalRegistry, repository: str, work: Path, content: bytes = b"release\n") -> str:
-    """Build a one-layer OCI image on disk, push it as ``repository:build``; return its digest there."""
+def push_small_image(registry: LocalRegistry, repository: str, work: Path, content: bytes = b"release\n",
+                     tag: str = "build") -> str:
+    """Build a one-layer OCI image on disk, push it as ``repository:tag``; return its digest there."""
     layout = work / "oci"
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
@@ -103,8 +111,8 @@ def push_small_image(registry: LocalRegistry, repository: str, work: Path, conte
         {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest, "size": manifest_size,
          "annotations": {"org.opencontainers.image.ref.name": "build"}}]}))
     subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:build",
-                    f"docker://{registry.host}/{repository}:build"], check=True, capture_output=True, timeout=120)
+                    f"docker://{registry.host}/{repository}:{tag}"], check=True, capture_output=True, timeout=120)
     inspected = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
-                                f"docker://{registry.host}/{repository}:build"], check=True, capture_output=True,
+                                f"docker://{registry.host}/{repository}:{tag}"], check=True, capture_output=True,
                                timeout=60)
     return "sha256:" + hashlib.sha256(inspected.stdout).hexdigest()

@@ -64,7 +64,7 @@ def _remote_file(seed: Path, path: str) -> str:
 def test_records_only_the_named_files_from_a_dirty_tree(job):
     work, seed, env = job
     (work / "Pulumi.mvp.yaml").write_text("config: {changed: by an artifact}\n")  # another stage's artifact
-    (work / "image.digest").write_text("sha256:" + "a" * 64)  # untracked
+    (work / "image-mvp.digest").write_text("sha256:" + "a" * 64)  # untracked (the build's artifact)
     (work / "Pulumi.partner.yaml").write_text(PARTNER.replace("sha256:old", "sha256:new"))
     head_before = git(work, "rev-parse", "HEAD")
     result = _record(work, env, "Pulumi.partner.yaml")
@@ -141,3 +141,21 @@ def test_without_the_release_token_it_says_why(job):
     (work / "Pulumi.partner.yaml").write_text(PARTNER.replace("sha256:old", "sha256:new"))
     result = _record(work, env, "Pulumi.partner.yaml")
     assert result.returncode != 0 and "GITLAB_RELEASE_TOKEN is not set (a protected variable" in result.stderr
+
+
+def test_a_release_with_every_flavour_merges_with_a_change_merged_meanwhile(job):
+    """deploy:mvp's `pulumi config set --path release.images.<stage>` adds lines to the release; a change
+    merged meanwhile elsewhere in the file is kept beside them."""
+    work, seed, env = job
+    (seed / "Pulumi.partner.yaml").write_text(PARTNER.replace("monthly: 900", "monthly: 950"))
+    git(seed, "commit", "-qam", "a bigger budget")
+    git(seed, "push", "-q", "origin", "HEAD:main")
+    flavours = "".join(f"      {stage}: sha256:{char * 64}\n" for stage, char in (("mvp", "a"), ("partner", "b"),
+                                                                                  ("prod", "c")))
+    released = PARTNER.replace("sha256:old", "sha256:" + "b" * 64).replace(
+        '    modelSha256: "404f"\n', '    modelSha256: "404f"\n    images:\n' + flavours)
+    (work / "Pulumi.partner.yaml").write_text(released)
+    result = _record(work, env, "Pulumi.partner.yaml")
+    assert result.returncode == 0, result.stderr
+    text = _remote_file(seed, "Pulumi.partner.yaml")
+    assert text == released.replace("monthly: 900", "monthly: 950")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,8 +83,94 @@ def test_the_build_job_uses_the_builder_the_tests_use(jobs):
     assert build["variables"] == {"STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"}
     script = (ROOT / "scripts" / "ci" / "build-image.sh").read_text()
     assert "--file service/Dockerfile service" in script, "the build context is service/, as the Dockerfile expects"
-    assert "--digestfile image.digest" in script
+    assert 'digest="image-${stage}.digest"' in script and '--digestfile "$digest"' in script
+    assert 'read -r -a stages <<< "${STAGES:-mvp partner prod}"' in script
+    assert build["artifacts"]["paths"] == ["image-*.digest"]
     assert not (ROOT / "scripts" / "ci" / "kaniko-build.sh").exists()
+
+
+def test_deploy_pins_mvps_flavour_and_records_every_flavour(jobs):
+    script = jobs["deploy:mvp"]["script"]
+    assert script[0] == "scripts/ci/require-digest.sh image-mvp.digest image-partner.digest image-prod.digest"
+    assert 'pulumi config set --path release.imageDigest "$(cat image-mvp.digest)" --stack mvp' in script
+    assert ('for stage in mvp partner prod; do pulumi config set --path "release.images.$stage" '
+            '"$(cat "image-$stage.digest")" --stack mvp; done') in script
+    up = script.index("pulumi up --yes --stack mvp --policy-pack policy")
+    assert all(i < up for i, line in enumerate(script) if "pulumi config set" in line)
+    assert script[-1] == 'scripts/ci/commit-release.sh "Deploy $(cat image-mvp.digest) to mvp" Pulumi.mvp.yaml'
+    assert "image.digest" not in PIPELINE.read_text(), "one name for the digest files: image-<stage>.digest"
+
+
+FAKE_BUILDAH = """#!/usr/bin/env bash
+# records each call; `push --digestfile F SRC DEST` writes a digest derived from DEST
+printf '%s\n' "$*" >> "$BUILDAH_LOG"
+args=("$@")
+for i in "${!args[@]}"; do
+  if [ "${args[$i]}" = --digestfile ]; then
+    printf 'sha256:%s' "$(printf '%s' "${args[-1]}" | sha256sum | cut -c1-64)" > "${args[$((i + 1))]}"
+  fi
+done
+"""
+
+
+def _build(tmp_path: Path, **variables: str) -> tuple[subprocess.CompletedProcess[str], list[str], Path]:
+    """scripts/ci/build-image.sh in a copy of scripts/ and service/'s requirements, with a buildah
+    that records its calls; returns the run, the calls and the copy."""
+    work = tmp_path / "work"
+    (work / "scripts" / "ci").mkdir(parents=True)
+    for name in ("build-image.sh", "require-digest.sh"):
+        target = work / "scripts" / "ci" / name
+        target.write_text((ROOT / "scripts" / "ci" / name).read_text())
+        target.chmod(0o755)
+    (work / "service" / "requirements").mkdir(parents=True)
+    for stage in ("mvp", "partner", "prod"):
+        (work / "service" / "requirements" / f"{stage}.txt").write_text("")
+    (work / "image-prod.digest").write_text("sha256:" + "0" * 64)  # an earlier build's
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "buildah").write_text(FAKE_BUILDAH)
+    (bin_dir / "buildah").chmod(0o755)
+    log = tmp_path / "buildah.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CI_", "YC_", "STAGES", "BUILD"))}
+    env.update(PATH=f"{bin_dir}:{os.environ['PATH']}", BUILDAH_LOG=str(log), CI_COMMIT_SHA="c0ffee" * 6 + "c0ff",
+               IMAGE_REPOSITORY="registry.test/mvp/inference", **variables)
+    result = subprocess.run([str(work / "scripts" / "ci" / "build-image.sh")], cwd=work, env=env, capture_output=True,
+                            text=True, timeout=60)
+    return result, log.read_text().splitlines() if log.exists() else [], work
+
+
+def test_the_build_makes_one_flavour_per_stage(tmp_path):
+    result, calls, work = _build(tmp_path, BASE_IMAGE="localhost/base:1")
+    assert result.returncode == 0, result.stderr
+    commit = "c0ffee" * 6 + "c0ff"
+    builds = [c for c in calls if c.startswith("build ")]
+    pushes = [c for c in calls if c.startswith("push ")]
+    assert len(builds) == len(pushes) == 3
+    for stage, build, push in zip(("mvp", "partner", "prod"), builds, pushes, strict=True):
+        tag = f"registry.test/mvp/inference:{commit}-{stage}"
+        assert f"--build-arg BASE_IMAGE=localhost/base:1 --build-arg STAGE={stage} " in build
+        assert build.endswith(f"--tag {tag} --file service/Dockerfile service")
+        assert push == f"push --tls-verify=true --digestfile image-{stage}.digest {tag} docker://{tag}"
+        assert f"rmi {tag}" in calls, "the local copy is dropped once pushed"
+        assert (work / f"image-{stage}.digest").read_text().startswith("sha256:")
+        assert f"pushed {tag} (the {stage} flavour, digest sha256:" in result.stdout
+    digests = {(work / f"image-{stage}.digest").read_text() for stage in ("mvp", "partner", "prod")}
+    assert len(digests) == 3 and "sha256:" + "0" * 64 not in digests
+
+
+def test_stages_selects_the_flavours_and_leaves_no_stale_digest(tmp_path):
+    result, calls, work = _build(tmp_path, STAGES="partner")
+    assert result.returncode == 0, result.stderr
+    assert [c.split("--tag ")[1].split()[0] for c in calls if c.startswith("build ")] == [
+        "registry.test/mvp/inference:" + "c0ffee" * 6 + "c0ff-partner"]
+    assert sorted(p.name for p in work.glob("image-*.digest")) == ["image-partner.digest"]
+
+
+@pytest.mark.parametrize("stages", ["staging", "mvp qa", " "])
+def test_an_unknown_or_empty_stage_is_refused_before_building(tmp_path, stages):
+    result, calls, _ = _build(tmp_path, STAGES=stages)
+    assert result.returncode == 2 and calls == []
+    assert "build-image.sh: " in result.stderr
 
 
 def test_credentials_come_only_from_the_login_script():
@@ -145,10 +232,19 @@ def test_pipelines_select_the_right_jobs():
 
 
 def test_require_digest(tmp_path):
-    good, bad = tmp_path / "good", tmp_path / "bad"
+    good, other, bad = tmp_path / "good", tmp_path / "other", tmp_path / "bad"
     good.write_text("sha256:" + "ab" * 32 + "\n")
+    other.write_text("sha256:" + "cd" * 32)
     bad.write_text("latest\n")
     script = str(ROOT / "scripts" / "ci" / "require-digest.sh")
     assert subprocess.run([script, str(good)]).returncode == 0
+    assert subprocess.run([script, str(good), str(other)]).returncode == 0
     result = subprocess.run([script, str(bad)], capture_output=True, text=True)
     assert result.returncode == 1 and "does not hold an image digest" in result.stderr
+    # every file is checked, each one that fails named
+    result = subprocess.run([script, str(good), str(bad), str(tmp_path / "image-prod.digest")], capture_output=True,
+                            text=True)
+    assert result.returncode == 1
+    assert f"{bad} does not hold an image digest" in result.stderr
+    assert f"{tmp_path / 'image-prod.digest'} is missing" in result.stderr
+    assert subprocess.run([script], capture_output=True).returncode == 2

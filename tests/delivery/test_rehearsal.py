@@ -2,8 +2,9 @@
 job in pipeline order, run by gitlab-ci-local's shell executor (each job in its own copy of the
 commit, with its needs' artifacts, as on a runner) against local stand-ins:
 
-* a local OCI registry (Debian's ``docker-registry``) the build job pushes the image to with buildah
-  and promotion copies it within (one repository per stage);
+* a local OCI registry (Debian's ``docker-registry``) the build job pushes the image's three
+  flavours (one per stage) to with buildah and promotion copies them within (one repository per
+  stage);
 * a bare git remote behind the push URL the release script builds from ``CI_SERVER_URL`` (git's
   ``url.<base>.insteadOf`` maps exactly that URL to it);
 * a local fake of GitLab's API (tests/delivery/fake_gitlab.py): the notes the jobs post; it
@@ -258,31 +259,44 @@ def test_main_pipeline_builds_deploys_and_promotes(rehearsal: Rehearsal) -> None
 
     rehearsal.run("lint", variables)
 
+    # one flavour per stage, each pushed as <commit>-<stage> with its digest in image-<stage>.digest
     build = rehearsal.run("build", variables)
-    digest = (build.artifacts / "image.digest").read_text().strip()
-    assert rehearsal.registry.serves("mvp/inference", digest)
-    assert commit in rehearsal.registry.tags("mvp/inference")
+    flavours = {stage: (build.artifacts / f"image-{stage}.digest").read_text().strip() for stage in STAGES}
+    assert len(set(flavours.values())) == len(STAGES), flavours
+    assert sorted(p.name for p in build.artifacts.glob("image*.digest")) == [f"image-{s}.digest" for s in STAGES]
+    for stage, flavour in flavours.items():
+        assert rehearsal.registry.serves("mvp/inference", flavour)
+        assert rehearsal.registry.labels("mvp/inference", flavour)["io.aistack.stage"] == stage
+    assert {f"{commit}-{stage}" for stage in STAGES} <= set(rehearsal.registry.tags("mvp/inference"))
+    digest = flavours["mvp"]
 
     deploy = rehearsal.run("deploy:mvp", variables)
     assert "REHEARSAL: 'pulumi up --yes --stack mvp --policy-pack policy' is replaced" in deploy.log
     mvp = yaml.safe_load(rehearsal.remote_file("Pulumi.mvp.yaml"))["config"]["aistack:release"]
     assert mvp["imageDigest"] == digest
+    assert mvp["images"] == flavours
     assert _git(rehearsal.remote, "log", "-1", "--format=%s", "main") == f"Deploy {digest} to mvp [skip ci]"
     assert rehearsal.cli("stack", "tag", "get", "aistack:commit", "--stack", "mvp").stdout.strip() == commit
 
-    rehearsal.run("promote:partner", variables)
-    assert rehearsal.registry.serves("partner/inference", digest)
+    # each promotion gives the target its own flavour, and carries the mapping
+    promoted = rehearsal.run("promote:partner", variables)
+    assert f"ok  image: partner flavour {flavours['partner'][:19]}... copied to" in promoted.log
+    assert rehearsal.registry.serves("partner/inference", flavours["partner"])
+    assert rehearsal.registry.serves("partner/inference", flavours["prod"]), "for the promotion to prod"
+    assert not rehearsal.registry.serves("partner/inference", flavours["mvp"])
     partner = yaml.safe_load(rehearsal.remote_file("Pulumi.partner.yaml"))["config"]["aistack:release"]
-    assert partner == mvp
+    assert partner == {**mvp, "imageDigest": flavours["partner"]}
     assert _git(rehearsal.remote, "log", "-1", "--format=%s", "main") == "Promote mvp to partner [skip ci]"
 
-    rehearsal.run("promote:prod", variables)
-    assert rehearsal.registry.serves("prod/inference", digest)
+    promoted = rehearsal.run("promote:prod", variables)
+    assert f"ok  image: prod flavour {flavours['prod'][:19]}... copied to" in promoted.log
+    assert rehearsal.registry.serves("prod/inference", flavours["prod"])
+    assert not rehearsal.registry.serves("prod/inference", flavours["partner"])
     overlay = yaml.safe_load(rehearsal.remote_file("deploy/overlays/prod/kustomization.yaml"))
     (image,) = overlay["images"]
-    assert (image["newName"], image["digest"]) == (rehearsal.repository("prod"), digest)
+    assert (image["newName"], image["digest"]) == (rehearsal.repository("prod"), flavours["prod"])
     prod = yaml.safe_load(rehearsal.remote_file("Pulumi.prod.yaml"))["config"]["aistack:release"]
-    assert prod == mvp
+    assert prod == {**mvp, "imageDigest": flavours["prod"]}
     assert rehearsal.cli("stack", "tag", "get", "aistack:commit", "--stack", "prod").stdout.strip() == commit
 
     # a promotion from an older pipeline would re-apply older infrastructure code: refused

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from stacks.config import STAGE_CONFIGS, STAGES, ConfigError, MvpConfig, load_stage_config
@@ -90,3 +92,63 @@ def test_stack_naming_an_unknown_stage_is_refused():
 def test_every_stage_is_built(stage):
     assert stage in STAGE_CONFIGS and stage in PROGRAMS
     assert isinstance(load_stage_config(stage, stack_config(stage)), STAGE_CONFIGS[stage])
+
+
+# --- release.images: every stage's flavour of the image ---------------------------------------------------
+
+FLAVOURS = {"mvp": "sha256:" + "1a" * 32, "partner": "sha256:" + "2b" * 32, "prod": "sha256:" + "3c" * 32}
+
+
+def _release(stage: str, **changes: object) -> dict[str, object]:
+    release = json.loads(stack_config(stage)["aistack:release"])
+    return {**release, "imageDigest": FLAVOURS[stage], "images": FLAVOURS, **changes}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_release_with_every_flavour_runs_the_stages_own(stage):
+    cfg = load_stage_config(stage, stack_config(stage, release=_release(stage)))
+    assert cfg.release.image_digest == FLAVOURS[stage]
+    assert cfg.release.images == FLAVOURS
+
+
+def test_a_release_without_flavours_still_loads():
+    release = json.loads(stack_config("partner")["aistack:release"])
+    assert "images" not in release
+    assert load_stage_config("partner", stack_config("partner")).release.images is None
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_another_stages_flavour_is_refused(stage):
+    other = "prod" if stage != "prod" else "mvp"
+    with pytest.raises(ConfigError) as info:
+        load_stage_config(stage, stack_config(stage, release=_release(stage, imageDigest=FLAVOURS[other])))
+    assert (f"  aistack:release: release.imageDigest {FLAVOURS[other]} is not release.images.{stage} "
+            f"{FLAVOURS[stage]}: the {stage} stack runs its own stage's flavour of the image") in str(info.value)
+    assert str(info.value).startswith(f"Pulumi.{stage}.yaml: invalid stack configuration:\n")
+
+
+def test_a_mapping_without_the_stages_flavour_is_refused():
+    images = {k: v for k, v in FLAVOURS.items() if k != "partner"}
+    with pytest.raises(ConfigError, match=r"aistack:release: release.images has no partner flavour \(it lists mvp, "
+                                          r"prod\): record the digest the build job pushed as image-partner.digest"):
+        load_stage_config("partner", stack_config("partner", release=_release("partner", images=images)))
+
+
+def test_a_malformed_flavour_digest_names_its_key():
+    images = {**FLAVOURS, "prod": "sha256:latest"}
+    with pytest.raises(ConfigError) as info:
+        load_stage_config("mvp", stack_config("mvp", release=_release("mvp", images=images)))
+    assert ("  aistack:release.images.prod: image digest 'sha256:latest' is invalid: expected 'sha256:' followed by "
+            "64 lowercase hex characters") in str(info.value)
+
+
+def test_a_flavour_of_an_unknown_stage_is_refused():
+    with pytest.raises(ConfigError, match=r"aistack:release.images: 'staging' is not a stage: the keys are the "
+                                          r"stages \(mvp, partner, prod\)"):
+        load_stage_config("mvp", stack_config("mvp", release=_release("mvp", images={**FLAVOURS,
+                                                                                     "staging": FLAVOURS["mvp"]})))
+
+
+def test_a_stack_named_otherwise_runs_its_stages_flavour():
+    config = stack_config("prod", stage="prod", release=_release("prod"))
+    assert load_stage_config("prod-eu", config).release.image_digest == FLAVOURS["prod"]
