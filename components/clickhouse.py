@@ -34,13 +34,12 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import pulumi
-import pulumi_random
 
 from components import mdb
 from components.base import StageComponent, ValidationError
 from components.mdb import CLICKHOUSE, HOST_CLASSES, HostClass, special_fqdn
 from components.network import SecurityGroupSpec, SgRule
-from components.secrets import SecretStore, SecretStoreArgs
+from components.secrets import random_password
 from components.yc import yandex
 
 #: Versions Managed ClickHouse offers (24.8, 25.3 and 25.8 are LTS).
@@ -167,11 +166,7 @@ class Clickhouse(StageComponent):
     def __init__(self, name: str, args: ClickhouseArgs, labels: dict[str, str],
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("clickhouse:Clickhouse", name, labels, opts)
-        self.password = pulumi_random.RandomPassword(
-            self.child_name("password"),
-            pulumi_random.RandomPasswordArgs(length=32, special=False, min_lower=2, min_upper=2, min_numeric=2),
-            opts=self.child(),
-        )
+        self.password = random_password(self.child_name("password"), self.child())
         shard_names = [f"shard{s + 1}" for s in range(args.shards)]
         self.cluster = yandex.MdbClickhouseCluster(
             self.child_name("cluster"),
@@ -211,14 +206,9 @@ class Clickhouse(StageComponent):
             ),
             opts=self.child(protect=args.deletion_protection),
         )
-        self.secret = SecretStore(
-            self.child_name("password"),
-            SecretStoreArgs(folder_id=args.folder_id, description=f"Password of ClickHouse user {args.user}",
-                            entries={PASSWORD_ENTRY: self.password.result}, readers=list(args.password_readers),
-                            deletion_protection=args.deletion_protection),
-            labels,
-            opts=self.child(),
-        )
+        self.secret = mdb.user_password_secret(
+            self, mdb.CLICKHOUSE, self.password, folder_id=args.folder_id, user=args.user, entry=PASSWORD_ENTRY,
+            readers=args.password_readers, deletion_protection=args.deletion_protection, labels=labels)
         self.host: pulumi.Output[str] = self.cluster.id.apply(special_fqdn)
         self.port = HTTPS_PORT
         self.database_name = args.database

@@ -38,7 +38,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -77,6 +77,9 @@ KIBANA_SETUP_CONFIGMAP = "kibana-setup"
 KIBANA_SETUP_DIR = "/setup"
 KIBANA_CA_DIR = "/kibana-ca"
 _STACK_VERSION = re.compile(r"^8\.\d+\.\d+$")
+#: Elasticsearch node counts: 1 (no redundancy), or an odd number that keeps a master quorum.
+ElasticsearchNodes = Literal[1, 3, 5]
+ELASTICSEARCH_NODES: tuple[int, ...] = get_args(ElasticsearchNodes)
 
 
 def kibana_url(namespace: str) -> str:
@@ -163,7 +166,7 @@ class ElkArgs:
                                   "(e.g. 8.15.3) used by Elasticsearch, Kibana and Filebeat alike")
         check_namespace(self.namespace)
         check_namespace(self.operator_namespace)
-        if self.elasticsearch_nodes not in (1, 3, 5):
+        if self.elasticsearch_nodes not in ELASTICSEARCH_NODES:
             raise ValidationError(f"Elasticsearch nodes {self.elasticsearch_nodes} is invalid: use 1 (no "
                                   "redundancy), 3 or 5 (an odd number keeps a master quorum)")
         if not 2 <= self.elasticsearch_memory_gi <= 64:

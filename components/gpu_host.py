@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast, get_args
 
 import pulumi
 from pulumi.output import UNKNOWN
@@ -35,7 +35,8 @@ from components.yc import yandex
 
 COI_GPU_FAMILY = "container-optimized-image-gpu"
 COI_FAMILY = "container-optimized-image"
-BOOT_DISK_TYPES = ("network-ssd", "network-hdd")
+BootDiskType = Literal["network-ssd", "network-hdd"]
+BOOT_DISK_TYPES: tuple[str, ...] = get_args(BootDiskType)
 #: The GPU image, Triton's image (about 17 GB unpacked) and the rest need room.
 DISK_RANGE_GB = (64, 4096)
 #: Property path (Pulumi's syntax: bracket notation for a map key) whose change replaces the instance.

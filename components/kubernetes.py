@@ -77,9 +77,12 @@ DEFAULT_VERSION = "1.33"
 FORCE_NEW = ("networkId", "folderId", "clusterIpv4Range", "serviceIpv4Range", "releaseChannel",
              "networkPolicyProvider", "kmsProvider", "nodeIpv4CidrMaskSize", "master.publicIp", "master.zonal",
              "master.regional", "master.etcdClusterSize")
-MASTER_TYPES = ("zonal", "regional")
-CPU_PLATFORMS = ("standard-v2", "standard-v3")
-CORE_FRACTIONS = (20, 50, 100)
+MasterType = Literal["zonal", "regional"]
+MASTER_TYPES: tuple[str, ...] = get_args(MasterType)
+CpuPlatform = Literal["standard-v2", "standard-v3"]
+CPU_PLATFORMS: tuple[str, ...] = get_args(CpuPlatform)
+CoreFraction = Literal[20, 50, 100]
+CORE_FRACTIONS: tuple[int, ...] = get_args(CoreFraction)
 NODE_DISK_RANGE_GB = (30, 4096)
 MAX_NODES = 100
 CLUSTER_ROLES = ("k8s.clusters.agent", "vpc.publicAdmin", "load-balancer.admin")
@@ -169,18 +172,21 @@ def check_allowlist(cidrs: Sequence[str]) -> None:
                                   "the world; list your operators' and CI's networks instead")
 
 
-def check_cpu_shape(platform: str, cores: int, memory_gb: int, core_fraction: int) -> None:
+def check_cpu_shape(platform: str, cores: int, memory_gb: int, core_fraction: int, what: str = "CPU node",
+                    max_cores: int = 64) -> None:
+    """The shape of a VM on a CPU platform (``what``: a CPU node, the CI runner): an even number of
+    vCPUs up to ``max_cores``, 1-16 GB per vCPU, one of :data:`CORE_FRACTIONS`."""
     if platform not in CPU_PLATFORMS:
-        raise ValidationError(f"CPU node platform {platform!r} is invalid: allowed {', '.join(CPU_PLATFORMS)} (GPU "
+        raise ValidationError(f"{what} platform {platform!r} is invalid: allowed {', '.join(CPU_PLATFORMS)} (GPU "
                               "platforms belong to the GPU node group)")
-    if cores % 2 or not 2 <= cores <= 64:
-        raise ValidationError(f"CPU node cores {cores} is invalid: {platform} takes an even number of vCPUs, "
-                              "2-64 here")
+    if cores % 2 or not 2 <= cores <= max_cores:
+        raise ValidationError(f"{what} cores {cores} is invalid: {platform} takes an even number of vCPUs, "
+                              f"2-{max_cores} here")
     if not cores <= memory_gb <= cores * 16:
-        raise ValidationError(f"CPU node memory {memory_gb} GB is invalid for {cores} vCPUs: {platform} takes "
+        raise ValidationError(f"{what} memory {memory_gb} GB is invalid for {cores} vCPUs: {platform} takes "
                               f"1-16 GB per vCPU ({cores}-{cores * 16} GB)")
     if core_fraction not in CORE_FRACTIONS:
-        raise ValidationError(f"CPU node core fraction {core_fraction}% is invalid: allowed "
+        raise ValidationError(f"{what} core fraction {core_fraction}% is invalid: allowed "
                               f"{', '.join(map(str, CORE_FRACTIONS))}")
 
 

@@ -1,4 +1,5 @@
-"""Yandex Managed Databases: the host classes and disk limits PostgreSQL and ClickHouse share.
+"""Yandex Managed Databases: what PostgreSQL and ClickHouse share: host classes, disk limits, the
+special FQDN and the Lockbox secret of the service user's generated password (:func:`user_password_secret`).
 
 Both services run on the same host classes, but do not offer the same ones (Yandex's
 "Host classes" pages of each service): PostgreSQL has no ``b3`` class, ClickHouse offers
@@ -16,11 +17,18 @@ show a cloud's current offer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-from components.base import ValidationError
+import pulumi
+import pulumi_random
 
-DISK_TYPES = ("network-ssd", "network-hdd", "network-ssd-nonreplicated", "local-ssd")
+from components.base import StageComponent, ValidationError
+from components.secrets import GeneratedSecret, GeneratedSecretArgs
+
+DiskType = Literal["network-ssd", "network-hdd", "network-ssd-nonreplicated", "local-ssd"]
+DISK_TYPES: tuple[str, ...] = get_args(DiskType)
 MIN_DISK_GB = 10
 NONREPLICATED_STEP_GB = 93
 LOCAL_SSD_STEP_GB = {"cascade-lake": 100, "ice-lake": 368}
@@ -73,6 +81,8 @@ class Service:
     network_disk_max_gb: dict[str, int]
     #: The CLI's preset listing, for messages.
     cli: str
+    #: The database engine, for descriptions.
+    engine: str
 
     def host_class(self, preset: str) -> HostClass:
         if preset not in self.classes:
@@ -115,15 +125,32 @@ POSTGRESQL = Service(
     classes=tuple(name for name in HOST_CLASSES if not name.startswith("b3")),
     network_disk_max_gb={"cascade-lake": 8192, "ice-lake": 8192},
     cli="yc managed-postgresql",
+    engine="PostgreSQL",
 )
 CLICKHOUSE = Service(
     "Managed ClickHouse",
     classes=tuple(HOST_CLASSES),
     network_disk_max_gb={"cascade-lake": 4096, "ice-lake": 8192},
     cli="yc managed-clickhouse",
+    engine="ClickHouse",
 )
 
 
 def special_fqdn(cluster_id: str) -> str:
     """The FQDN that resolves to the cluster's primary (PostgreSQL) or an available host (ClickHouse)."""
     return f"c-{cluster_id}.rw.mdb.yandexcloud.net"
+
+
+def user_password_secret(owner: StageComponent, service: Service, password: pulumi_random.RandomPassword, *,
+                         folder_id: str, user: str, entry: str, readers: Sequence[pulumi.Input[str]],
+                         deletion_protection: bool, labels: dict[str, str]) -> GeneratedSecret:
+    """The Lockbox secret ``<owner>-password`` with the service user's generated ``password`` under ``entry``,
+    readable by ``readers``."""
+    return GeneratedSecret(
+        owner.child_name("password"),
+        password,
+        GeneratedSecretArgs(folder_id=folder_id, description=f"Password of {service.engine} user {user}", entry=entry,
+                            readers=list(readers), deletion_protection=deletion_protection),
+        labels,
+        opts=owner.child(),
+    )

@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
-import pulumi_random
 
 from components.alerts import MODEL_READY_JOB, PREDICT_ROUTES, AlertThresholds, prometheus_rules
 from components.base import StageComponent
-from components.secrets import SecretStore, SecretStoreArgs
+from components.secrets import GeneratedSecret, GeneratedSecretArgs, random_password
 from components.yamltext import dump_yaml
 
 PROMETHEUS_UID = "prometheus"
@@ -312,15 +311,11 @@ class GrafanaAdmin(StageComponent):
     def __init__(self, name: str, args: GrafanaAdminArgs, labels: dict[str, str],
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("monitoring:GrafanaAdmin", name, labels, opts)
-        password = pulumi_random.RandomPassword(
-            self.child_name("password"),
-            pulumi_random.RandomPasswordArgs(length=24, special=False, min_lower=2, min_upper=2, min_numeric=2),
-            opts=self.child(),
-        )
-        store = SecretStore(
+        store = GeneratedSecret(
             self.child_name("admin"),
-            SecretStoreArgs(folder_id=args.folder_id, description="Grafana admin password (user admin)",
-                            entries={GRAFANA_PASSWORD_ENTRY: password.result}, readers=list(args.readers)),
+            random_password(self.child_name("password"), self.child(), length=24),
+            GeneratedSecretArgs(folder_id=args.folder_id, description="Grafana admin password (user admin)",
+                                entry=GRAFANA_PASSWORD_ENTRY, readers=list(args.readers)),
             labels,
             opts=self.child(),
         )

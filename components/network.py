@@ -12,13 +12,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import pulumi
 
 from components.base import StageComponent, ValidationError
 from components.yc import yandex
 
-ZONES = ("ru-central1-a", "ru-central1-b", "ru-central1-d")
+Zone = Literal["ru-central1-a", "ru-central1-b", "ru-central1-d"]
+ZONES: tuple[str, ...] = get_args(Zone)
 PROTOCOLS = ("TCP", "UDP", "ICMP", "ANY")
 PREFIX_RANGE = (16, 28)
 ANYWHERE = "0.0.0.0/0"

@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import pulumi
-import pulumi_random
 
 from components import mdb
 from components.base import StageComponent, ValidationError
 from components.mdb import HOST_CLASSES, POSTGRESQL, HostClass, special_fqdn
 from components.network import POSTGRES_PORT
-from components.secrets import SecretStore, SecretStoreArgs
+from components.secrets import random_password
 from components.yc import yandex
 
 PostgresVersion = Literal["14", "15", "16", "17"]
@@ -140,11 +139,7 @@ class Postgres(StageComponent):
             # with deletion protection the engine also refuses to replace it (data lost otherwise)
             opts=self.child(protect=args.deletion_protection),
         )
-        self.password = pulumi_random.RandomPassword(
-            self.child_name("password"),
-            pulumi_random.RandomPasswordArgs(length=32, special=False, min_lower=2, min_upper=2, min_numeric=2),
-            opts=self.child(),
-        )
+        self.password = random_password(self.child_name("password"), self.child())
         self.user = yandex.MdbPostgresqlUser(
             self.child_name("user"),
             yandex.MdbPostgresqlUserArgs(cluster_id=self.cluster.id, name=args.user, password=self.password.result,
@@ -158,14 +153,9 @@ class Postgres(StageComponent):
                                              deletion_protection=_flag(args.deletion_protection)),
             opts=self.child(),
         )
-        self.secret = SecretStore(
-            self.child_name("password"),
-            SecretStoreArgs(folder_id=args.folder_id, description=f"Password of PostgreSQL user {args.user}",
-                            entries={PASSWORD_ENTRY: self.password.result}, readers=list(args.password_readers),
-                            deletion_protection=args.deletion_protection),
-            labels,
-            opts=self.child(),
-        )
+        self.secret = mdb.user_password_secret(
+            self, mdb.POSTGRESQL, self.password, folder_id=args.folder_id, user=args.user, entry=PASSWORD_ENTRY,
+            readers=args.password_readers, deletion_protection=args.deletion_protection, labels=labels)
         self.host: pulumi.Output[str] = self.cluster.id.apply(special_fqdn)
         self.port = POSTGRES_PORT
         self.database_name = args.database

@@ -22,12 +22,13 @@ import pulumi
 from components.base import StageComponent, ValidationError
 from components.gpu_host import boot_image, check_boot_disk
 from components.host_workload import SshUser, check_pinned_image, cloud_config, fetch_script
+from components.kubernetes import check_cpu_shape
 from components.secrets import SecretStore, SecretStoreArgs
 from components.yc import yandex
 
 PLATFORM = "standard-v3"
 UBUNTU_FAMILY = "ubuntu-2204-lts"
-CORE_FRACTIONS = (20, 50, 100)
+MAX_CORES = 32
 DISK_RANGE_GB = (20, 1024)
 TOKEN_ENTRY = "CI_SERVER_TOKEN"
 SCRIPT_PATH = "/usr/local/lib/aistack/fetch_secrets.py"
@@ -36,15 +37,7 @@ CONFIG_DIR = "/srv/gitlab-runner/config"
 
 
 def check_runner_shape(cores: int, memory_gb: int, core_fraction: int) -> None:
-    if cores % 2 or not 2 <= cores <= 32:
-        raise ValidationError(f"runner cores {cores} is invalid: {PLATFORM} takes an even number of vCPUs, "
-                              "2-32 here")
-    if not cores <= memory_gb <= cores * 16:
-        raise ValidationError(f"runner memory {memory_gb} GB is invalid for {cores} vCPUs: {PLATFORM} takes 1-16 GB "
-                              f"per vCPU ({cores}-{cores * 16} GB)")
-    if core_fraction not in CORE_FRACTIONS:
-        raise ValidationError(f"runner core fraction {core_fraction}% is invalid: allowed "
-                              f"{', '.join(map(str, CORE_FRACTIONS))}")
+    check_cpu_shape(PLATFORM, cores, memory_gb, core_fraction, what="runner", max_cores=MAX_CORES)
 
 
 @dataclass(frozen=True)

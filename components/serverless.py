@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import pulumi
 
@@ -37,7 +38,8 @@ PROVISIONED_QUOTA = ("serverless.containersWorkersProvisioned.count", 2)
 LOG_RETENTION_QUOTA = ("logging.retentionDays.count", 31)
 #: The most vCPUs an instance gets for its memory: (memory below, in MB) -> cores.
 _CORES_BY_MEMORY = ((4096, 1), (6144, 2), (8192, 3))
-LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
+LogLevel = Literal["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 

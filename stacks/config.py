@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -27,9 +27,12 @@ from pydantic.alias_generators import to_camel
 
 from components import (
     clickhouse,
+    elk,
     gpu,
+    gpu_host,
     gpu_operator,
     kubernetes,
+    mdb,
     network,
     postgres,
     runner,
@@ -52,8 +55,8 @@ from components.k8s_platform import (
 
 PROJECT = "aistack"
 PROVIDER = "yandex"
-STAGES = ("mvp", "partner", "prod")
-ZONES = ("ru-central1-a", "ru-central1-b", "ru-central1-d")
+Stage = Literal["mvp", "partner", "prod"]
+STAGES: tuple[str, ...] = get_args(Stage)
 
 
 class ConfigError(Exception):
@@ -145,7 +148,7 @@ class ServerlessSettings(Settings):
     provisioned_instances: int = Field(0, ge=0, le=100)
     public: bool = False
     log_retention_days: int = Field(7, ge=1, le=3653)
-    log_level: Literal["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"] = "INFO"
+    log_level: serverless.LogLevel = "INFO"
     #: Largest number of instances one predict request may carry.
     max_instances: int = Field(64, ge=1, le=4096)
     #: Require an ``X-API-Key`` header on predict endpoints (the key itself is a secret config value).
@@ -190,9 +193,9 @@ class StageConfig(Settings):
     usage: UsageAssumptions = Field(default_factory=UsageAssumptions)
     budget: Budget | None = None
 
-    stage: Literal["mvp", "partner", "prod"]
+    stage: Stage
     folder_id: str = Field(pattern=r"^[a-z0-9]{1,50}$")
-    zone: Literal["ru-central1-a", "ru-central1-b", "ru-central1-d"] = "ru-central1-a"
+    zone: network.Zone = "ru-central1-a"
     labels: dict[str, str] = Field(default_factory=dict)
     release: ReleasePins
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -264,7 +267,7 @@ class GpuHostSettings(Settings):
     cores: int = 8
     memory_gb: int = 32
     disk_size_gb: int = Field(100, ge=64, le=4096)
-    disk_type: Literal["network-ssd", "network-hdd"] = "network-ssd"
+    disk_type: gpu_host.BootDiskType = "network-ssd"
     preemptible: bool = False
     static_ip: bool = True
     #: Boot from this image id instead of a copy of the latest Container-Optimized GPU image.
@@ -327,7 +330,7 @@ class HostServiceSettings(Settings):
 class PostgresSettings(Settings):
     version: postgres.PostgresVersion = "16"
     resource_preset: Annotated[str, _check(postgres.check_preset)] = "s2.micro"
-    disk_type: Literal["network-ssd", "network-hdd", "network-ssd-nonreplicated", "local-ssd"] = "network-ssd"
+    disk_type: mdb.DiskType = "network-ssd"
     disk_size_gb: int = 20
     hosts: int = Field(1, ge=1, le=7)
     database: str = "predictions"
@@ -363,7 +366,7 @@ class RunnerSettings(Settings):
     gitlab_url: str = Field("https://gitlab.com", pattern=r"^https://[^\s]+$")
     cores: int = 2
     memory_gb: int = 4
-    core_fraction: Literal[20, 50, 100] = 100
+    core_fraction: kubernetes.CoreFraction = 100
     disk_size_gb: int = Field(64, ge=runner.DISK_RANGE_GB[0], le=runner.DISK_RANGE_GB[1])
     preemptible: bool = False
     concurrent: int = Field(2, ge=1, le=32)
@@ -423,16 +426,13 @@ class PartnerConfig(StageConfig):
 Namespace = Annotated[str, _check(check_namespace)]
 
 
-Zone = Literal["ru-central1-a", "ru-central1-b", "ru-central1-d"]
-
-
-def _default_prod_subnets() -> dict[Zone, str]:
+def _default_prod_subnets() -> dict[network.Zone, str]:
     return {"ru-central1-a": "10.140.0.0/24", "ru-central1-b": "10.140.1.0/24", "ru-central1-d": "10.140.2.0/24"}
 
 
 class ProdNetworkSettings(Settings):
     #: One subnet per zone. A regional master needs all three zones.
-    subnets: dict[Zone, SubnetCidr] = Field(default_factory=_default_prod_subnets, min_length=1)
+    subnets: dict[network.Zone, SubnetCidr] = Field(default_factory=_default_prod_subnets, min_length=1)
     #: Who may reach the Kubernetes API (443, 6443): operators' and CI's networks, never 0.0.0.0/0.
     api_allowlist: list[Cidr] = Field(min_length=1)
     #: Who may reach the service through the ingress load balancer.
@@ -446,11 +446,11 @@ class ProdNetworkSettings(Settings):
 
 
 class CpuNodeSettings(Settings):
-    platform: Literal["standard-v2", "standard-v3"] = "standard-v3"
+    platform: kubernetes.CpuPlatform = "standard-v3"
     cores: int = 4
     memory_gb: int = 16
-    core_fraction: Literal[20, 50, 100] = 100
-    disk_type: Literal["network-ssd", "network-hdd"] = "network-ssd"
+    core_fraction: kubernetes.CoreFraction = 100
+    disk_type: gpu_host.BootDiskType = "network-ssd"
     disk_size_gb: int = Field(64, ge=kubernetes.NODE_DISK_RANGE_GB[0], le=kubernetes.NODE_DISK_RANGE_GB[1])
     preemptible: bool = False
     min: int = Field(2, ge=1, le=kubernetes.MAX_NODES)
@@ -468,7 +468,7 @@ class GpuNodeSettings(Settings):
     gpus: int = 1
     cores: int = 8
     memory_gb: int = 32
-    disk_type: Literal["network-ssd", "network-hdd"] = "network-ssd"
+    disk_type: gpu_host.BootDiskType = "network-ssd"
     disk_size_gb: int = Field(100, ge=64, le=kubernetes.NODE_DISK_RANGE_GB[1])
     preemptible: bool = False
     #: 0 lets the group scale to zero when no GPU pod is pending.
@@ -488,7 +488,7 @@ class KubernetesSettings(Settings):
     #: The minor version; with autoUpgrade it is a floor (what Yandex upgraded to is never downgraded).
     version: kubernetes.KubernetesVersion = kubernetes.DEFAULT_VERSION  # type: ignore[assignment]
     #: ``zonal`` (in yandex:zone) or ``regional`` (three zones; needs three subnets).
-    master: Literal["zonal", "regional"] = "zonal"
+    master: kubernetes.MasterType = "zonal"
     release_channel: kubernetes.ReleaseChannel = "STABLE"
     #: Yandex upgrades the master and nodes in their maintenance windows (Sundays 03:00 / 04:00).
     auto_upgrade: bool = True
@@ -541,7 +541,7 @@ class GitopsSettings(Settings):
 
 class ElkSettings(Settings):
     stack_version: str = Field("8.15.3", pattern=r"^8\.\d+\.\d+$")
-    elasticsearch_nodes: Literal[1, 3, 5] = 3
+    elasticsearch_nodes: elk.ElasticsearchNodes = 3
     elasticsearch_memory_gi: int = Field(4, ge=2, le=64)
     elasticsearch_storage_gi: int = Field(50, ge=10, le=4096)
     kibana_replicas: int = Field(1, ge=1, le=3)
@@ -560,7 +560,7 @@ class TfServingSettings(Settings):
 class ClickhouseSettings(Settings):
     version: clickhouse.ClickhouseVersion = "24.8"
     resource_preset: Annotated[str, _check(clickhouse.check_preset)] = "s3-c2-m8"
-    disk_type: Literal["network-ssd", "network-hdd", "network-ssd-nonreplicated", "local-ssd"] = "network-ssd"
+    disk_type: mdb.DiskType = "network-ssd"
     disk_size_gb: int = 32
     shards: int = Field(1, ge=clickhouse.SHARDS_RANGE[0], le=clickhouse.SHARDS_RANGE[1])
     replicas: int = Field(1, ge=clickhouse.REPLICAS_RANGE[0], le=clickhouse.REPLICAS_RANGE[1])

@@ -8,11 +8,10 @@ it a prediction.
 from __future__ import annotations
 
 from pricing.book import load_price_book
+from stacks.config import STAGES
 from stagectl import render
 from stagectl.checks import assess, render_guardrails
 from stagectl.plan import PlanError, run_plan
-
-STAGES = ("mvp", "partner", "prod")
 
 
 def run() -> int:
