@@ -3,7 +3,7 @@
 Every component reaches the provider through ``from components.yc import yandex``. To switch
 bridges (for example to a local SDK generated with
 ``pulumi package add terraform-provider yandex-cloud/yandex``), change the import below and
-nothing else; README explains when that is needed.
+nothing else; docs/deploying.md ("Why this provider bridge") explains when that is needed.
 """
 
 import pulumi_yandex_marketmaker as yandex

@@ -37,90 +37,309 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=(), frozen=True)
 
     # Serving
-    host: str = "0.0.0.0"
-    port: int = Field(default=8080, ge=1, le=65535)
-    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    service_name: str = "yc-aistack-inference"
+    host: str = Field(default="0.0.0.0", description="listening address")
+    port: int = Field(default=8080, ge=1, le=65535, description="listening port (Serverless Containers set it)")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="info",
+        description="`debug`, `info`, `warning`, `error`, `critical`",
+    )
+    service_name: str = Field(default="yc-aistack-inference", description="`service.name` in logs, `/v2` server name")
 
     # Model
-    model_uri: str = DEFAULT_MODEL_URI
-    model_card_uri: str | None = None
-    model_sha256: str | None = None
-    model_retry_seconds: float = Field(default=30.0, ge=0)
+    model_uri: str = Field(
+        default=DEFAULT_MODEL_URI,
+        description="the model: a path, `file:///abs/path`, or `s3://bucket/key`",
+    )
+    model_card_uri: str | None = Field(
+        default=None,
+        description="the card, same forms; unset: `card.json` beside the model",
+    )
+    model_sha256: str | None = Field(
+        default=None,
+        description="pins the model: verified instead of the card's `sha256` (and the card must match it)",
+    )
+    model_retry_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="retry a failed load after this long, doubling up to 5 min; `0`: never",
+    )
 
     # Inference backend
-    backend: Literal["onnx", "triton", "tfserving"] = "onnx"
-    ort_threads: int = Field(default=1, ge=1, le=256)
-    batching: bool = True
-    batch_max_size: int = Field(default=128, ge=1, le=65536)
-    infer_offload_ms: float = Field(default=0.5, ge=0)
+    backend: Literal["onnx", "triton", "tfserving"] = Field(
+        default="onnx",
+        description="the inference backend: `onnx` (in-process ONNX Runtime), `triton`, `tfserving`",
+    )
+    ort_threads: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="ONNX Runtime intra-op threads (1 keeps p99 low on small machines)",
+    )
+    batching: bool = Field(
+        default=True,
+        description="`on`/`off` (or `true`/`false`): merge concurrent requests into one backend run",
+    )
+    batch_max_size: int = Field(
+        default=128,
+        ge=1,
+        le=65536,
+        description="most rows in one merged run (a larger single request runs alone)",
+    )
+    infer_offload_ms: float = Field(
+        default=0.5,
+        ge=0,
+        description="runs slower than this (moving average) go to the inference thread; faster ones run inline",
+    )
 
     # Triton Inference Server (BACKEND=triton)
-    triton_url: str = "localhost:8001"
-    triton_protocol: Literal["grpc", "http"] = "grpc"
-    triton_model: str | None = None
-    triton_model_version: str | None = None
-    triton_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
-    triton_retries: int = Field(default=2, ge=0, le=10)
-    triton_retry_backoff_ms: float = Field(default=50.0, ge=0, le=10_000)
+    triton_url: str = Field(
+        default="localhost:8001",
+        description=(
+            "`BACKEND=triton`: Triton's `host:port`, no scheme (gRPC 8001, HTTP 8000; the GPU host: `triton:8001`)"
+        ),
+    )
+    triton_protocol: Literal["grpc", "http"] = Field(
+        default="grpc",
+        description="`grpc` or `http` (KServe v2 either way)",
+    )
+    triton_model: str | None = Field(
+        default=None,
+        description=(
+            "the model name in Triton's repository; unset: the card's `name` (the GPU host sets the card's name)"
+        ),
+    )
+    triton_model_version: str | None = Field(
+        default=None,
+        description="pin a version of the model in the repository (e.g. `1`); unset: Triton's latest",
+    )
+    triton_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="per call (gRPC deadline; HTTP session timeout)",
+    )
+    triton_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description=(
+            "extra attempts on connection failures, gRPC `UNAVAILABLE`/`RESOURCE_EXHAUSTED`, HTTP 429/502/503/504"
+        ),
+    )
+    triton_retry_backoff_ms: float = Field(
+        default=50.0,
+        ge=0,
+        le=10_000,
+        description="backoff before the first extra attempt, doubling with each",
+    )
 
     # TensorFlow Serving REST API (BACKEND=tfserving)
-    tfserving_url: str = "http://localhost:8501"
-    tfserving_model: str | None = None
-    tfserving_model_version: int | None = Field(default=None, ge=1)
-    tfserving_signature: str = "serving_default"
-    tfserving_format: Literal["row", "columnar"] = "row"
-    tfserving_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
-    tfserving_retries: int = Field(default=2, ge=0, le=10)
-    tfserving_retry_backoff_ms: float = Field(default=50.0, ge=0, le=10_000)
+    tfserving_url: str = Field(
+        default="http://localhost:8501",
+        description="`BACKEND=tfserving`: TF Serving's REST API (prod: `http://tf-serving.<namespace>.svc:8501`)",
+    )
+    tfserving_model: str | None = Field(
+        default=None,
+        description=(
+            "the model name TF Serving serves (`--model_name`; prod: the stage's `model.name`); unset: the card's "
+            "`name`"
+        ),
+    )
+    tfserving_model_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="pin a version: `/v1/models/<model>/versions/<v>:predict`; unset: the latest",
+    )
+    tfserving_signature: str = Field(default="serving_default", description="the SavedModel signature")
+    tfserving_format: Literal["row", "columnar"] = Field(
+        default="row",
+        description='`row` (`{"instances": ...}`) or `columnar` (`{"inputs": {...}}`)',
+    )
+    tfserving_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="per attempt (connect: at most 2 s)",
+    )
+    tfserving_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="extra attempts on connection failures and 503/429/504",
+    )
+    tfserving_retry_backoff_ms: float = Field(
+        default=50.0,
+        ge=0,
+        le=10_000,
+        description="backoff before the first extra attempt, doubling with each",
+    )
 
     # API
-    max_instances: int = Field(default=64, ge=1, le=65536)
-    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=3_500_000)
-    api_key: SecretStr | None = None
+    max_instances: int = Field(default=64, ge=1, le=65536, description="most rows in one request")
+    max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        le=3_500_000,
+        description="request body limit (Serverless Containers accept up to 3.5 MB)",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="when set, the prediction endpoints require header `X-API-Key: <value>`",
+    )
 
     # Prediction store
-    store: Literal["local", "s3", "postgres", "clickhouse"] = "local"
-    store_path: Path = Path("var/predictions")
-    store_s3_uri: str | None = None
-    store_flush_records: int = Field(default=500, ge=1)
-    store_flush_seconds: float = Field(default=2.0, gt=0)
-    store_retry_seconds: float = Field(default=5.0, gt=0)
-    store_queue_max: int = Field(default=10_000, ge=1)
-    store_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
-    store_durability: Literal["buffered", "wal"] = "buffered"
-    spool_dir: Path = Path("var/spool")
+    store: Literal["local", "s3", "postgres", "clickhouse"] = Field(
+        default="local",
+        description="prediction store: `local` (files), `s3`, `postgres` or `clickhouse`",
+    )
+    store_path: Path = Field(
+        default=Path("var/predictions"),
+        description="`local` store: one `predictions-YYYY-MM-DD.jsonl` per UTC day",
+    )
+    store_s3_uri: str | None = Field(
+        default=None,
+        description="`s3` store: `s3://bucket/prefix/`; objects `prefix/dt=YYYY-MM-DD/<chunk id>.jsonl`",
+    )
+    store_flush_records: int = Field(
+        default=500,
+        ge=1,
+        description="write a chunk when this many records are queued ...",
+    )
+    store_flush_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="... or when the oldest is this old, and at shutdown",
+    )
+    store_retry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="while the store is down, retry (replay the spool) this often",
+    )
+    store_queue_max: int = Field(
+        default=10_000,
+        ge=1,
+        description="more records waiting in memory than this are spilled to disk",
+    )
+    store_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description=(
+            "a store call (write, replay) that has not answered by then counts as an outage: the store is marked down, "
+            "the chunk spilled"
+        ),
+    )
+    store_durability: Literal["buffered", "wal"] = Field(
+        default="buffered",
+        description='`buffered` or `wal` (see "Durability"); partner and prod set `wal`',
+    )
+    spool_dir: Path = Field(
+        default=Path("var/spool"),
+        description="where records wait while the store is down (and the write-ahead file of `wal`)",
+    )
     # The platform's grace period between SIGTERM and SIGKILL: Kubernetes'
     # terminationGracePeriodSeconds (default 30, less a preStop hook's time), Docker Compose's
     # stop_grace_period (default 10 s). The stop is planned to finish before it.
-    shutdown_grace_seconds: float = Field(default=10.0, ge=1, le=3600)
+    shutdown_grace_seconds: float = Field(
+        default=10.0,
+        ge=1,
+        le=3600,
+        description=(
+            "the platform's time between SIGTERM and SIGKILL (Kubernetes' `terminationGracePeriodSeconds`, Compose's "
+            "`stop_grace_period`): the stop is planned to end before it"
+        ),
+    )
 
     # PostgreSQL store (STORE=postgres); the password comes from PG_PASSWORD, never from PG_DSN
-    pg_dsn: str | None = None
-    pg_password: SecretStr | None = None
-    pg_pool_min: int = Field(default=1, ge=0, le=100)
-    pg_pool_max: int = Field(default=4, ge=1, le=100)
-    pg_connect_timeout: float = Field(default=5.0, gt=0, le=300)
-    pg_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    pg_dsn: str | None = Field(
+        default=None,
+        description=(
+            "`STORE=postgres`: libpq URI or `key=value` string **without a password**, e.g. `postgresql://inference@c-<"
+            "id>.rw.mdb.yandexcloud.net:6432/db?sslmode=verify-full&sslrootcert=/path/root.crt` (a DSN with a password "
+            "is refused)"
+        ),
+    )
+    pg_password: SecretStr | None = Field(
+        default=None,
+        description="the password (the partner stack fills it from Lockbox); passed to libpq on its own, never logged",
+    )
+    pg_pool_min: int = Field(default=1, ge=0, le=100, description="connection pool size: fewest connections kept open")
+    pg_pool_max: int = Field(default=4, ge=1, le=100, description="connection pool size: most connections")
+    pg_connect_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="seconds to connect, and to wait for a pooled connection",
+    )
+    pg_statement_timeout_ms: int = Field(
+        default=30_000,
+        ge=0,
+        description="`statement_timeout` of each insert (`SET LOCAL`, works behind the pooler); `0`: none",
+    )
 
     # ClickHouse store (STORE=clickhouse): Managed ClickHouse over HTTPS (8443), or CLICKHOUSE_DSN
-    clickhouse_host: str | None = None
-    clickhouse_port: int = Field(default=8443, ge=1, le=65535)
-    clickhouse_database: str = "default"
-    clickhouse_user: str = "default"
-    clickhouse_password: SecretStr | None = None
-    clickhouse_secure: bool = True
-    clickhouse_ca_file: Path | None = None
-    clickhouse_dsn: str | None = None
-    clickhouse_ttl_days: int = Field(default=365, ge=1, le=36_500)
-    clickhouse_connect_timeout: float = Field(default=5.0, gt=0, le=300)
-    clickhouse_send_receive_timeout: float = Field(default=30.0, gt=0, le=3600)
+    clickhouse_host: str | None = Field(
+        default=None,
+        description="`STORE=clickhouse`: Managed ClickHouse host (`c-<id>.rw.mdb.yandexcloud.net`)",
+    )
+    clickhouse_port: int = Field(default=8443, ge=1, le=65535, description="HTTPS interface")
+    clickhouse_database: str = Field(
+        default="default",
+        description=(
+            "the database (the prod stack writes it, the user and the password into the Secret `backend-clickhouse`)"
+        ),
+    )
+    clickhouse_user: str = Field(default="default", description="the user (prod: from the Secret `backend-clickhouse`)")
+    clickhouse_password: SecretStr | None = Field(
+        default=None,
+        description="the password (prod: from the Secret `backend-clickhouse`)",
+    )
+    clickhouse_secure: bool = Field(default=True, description="TLS, certificate verified")
+    clickhouse_ca_file: Path | None = Field(
+        default=None,
+        description=(
+            "CA bundle to verify the server with (Managed ClickHouse: Yandex's root CA); unset: the system store"
+        ),
+    )
+    clickhouse_dsn: str | None = Field(
+        default=None,
+        description=(
+            "a clickhouse-connect DSN instead of the above, e.g. `chdb:///var/lib/predictions` (the ClickHouse engine "
+            "in-process)"
+        ),
+    )
+    clickhouse_ttl_days: int = Field(
+        default=365,
+        ge=1,
+        le=36_500,
+        description=(
+            "rows (and per-minute aggregates) expire this long after their `time`; a change is applied at start"
+        ),
+    )
+    clickhouse_connect_timeout: float = Field(default=5.0, gt=0, le=300, description="seconds to connect")
+    clickhouse_send_receive_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="seconds to send a query and receive its answer",
+    )
 
     # Object Storage (S3 API); credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
-    s3_endpoint_url: str = DEFAULT_S3_ENDPOINT
-    aws_region: str = DEFAULT_REGION
-    s3_connect_timeout: float = Field(default=DEFAULT_CONNECT_TIMEOUT, gt=0)
-    s3_read_timeout: float = Field(default=DEFAULT_READ_TIMEOUT, gt=0)
+    s3_endpoint_url: str = Field(
+        default=DEFAULT_S3_ENDPOINT,
+        description="Object Storage endpoint (model and `s3` store)",
+    )
+    aws_region: str = Field(default=DEFAULT_REGION, description="region for request signing")
+    s3_connect_timeout: float = Field(
+        default=DEFAULT_CONNECT_TIMEOUT,
+        gt=0,
+        description="seconds to connect to Object Storage",
+    )
+    s3_read_timeout: float = Field(
+        default=DEFAULT_READ_TIMEOUT,
+        gt=0,
+        description="seconds to wait for Object Storage's answer",
+    )
 
     @field_validator("log_level", "store_durability", mode="before")
     @classmethod

@@ -567,7 +567,7 @@ class ClickhouseSettings(Settings):
     #: ``none`` or ``embedded-keeper`` (3+ hosts): chosen once, when the cluster is created.
     coordination: clickhouse.Coordination = "none"
     #: Yandex's internal root CA, which signs Managed ClickHouse's certificates (the backend verifies
-    #: them with it): download it here before `pulumi up` (README, "Deploying for real").
+    #: them with it): download it here before `pulumi up` (docs/deploying.md).
     ca_file: str = "build/yandex-ca.pem"
     database: str = "predictions"
     user: str = "inference"

@@ -110,9 +110,10 @@ def _docs(args: argparse.Namespace) -> int:
     from stagectl import docs
     from stagectl.plan import project_root
 
-    readme = project_root() / "README.md"
-    changed = docs.refresh(readme)
-    print(f"{readme.name}: {'updated' if changed else 'already current'}")
+    root = project_root()
+    for name in docs.DOCUMENTS:
+        changed = docs.refresh(root / name, root)
+        print(f"{name}: {'updated' if changed else 'already current'}")
     return 0
 
 
@@ -226,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model.add_commands(sub)
 
-    docs = sub.add_parser("docs", help="regenerate README's stage diagrams from the stage programs")
+    docs = sub.add_parser("docs", help="regenerate the docs' generated blocks (stage diagrams, service environment)")
     docs.set_defaults(func=_docs)
 
     demo = sub.add_parser("demo", help="the main job on embedded defaults (what `make demo` runs)")

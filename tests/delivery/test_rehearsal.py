@@ -180,7 +180,7 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
     _git(work, "add", "-A")
     _git(work, "commit", "-qm", "The project")
 
-    # what the team does once (README): the state backend and the three stacks, salts committed
+    # what the team does once (docs/delivery.md): the state backend and the three stacks, salts committed
     state, home = top / "state", top / "pulumi-home"
     state.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CI_", "GITLAB_", "PULUMI_", "VIRTUAL_ENV"))}
@@ -204,7 +204,7 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
             {**outputs[stage], "image_repository": f"{registry.host}/{stage}/inference"}))
     ca = top / "yandex-ca.pem"
     _ca_file(ca)
-    # README: partner and prod are deployed once by hand before their first promotion (it creates
+    # docs/delivery.md: partner and prod are deployed once by hand before their first promotion (it creates
     # the registry promotion copies the image into); here through the same replaced `pulumi up`
     (work / "build").mkdir()
     shutil.copy(ca, work / "build" / "yandex-ca.pem")
