@@ -283,32 +283,11 @@ class Elk(K8sComponent):
             ),
             opts=self.kchild(depends_on=[logs_ns]),
         )
-        account = k8s.core.v1.ServiceAccount(
-            self.child_name("filebeat-sa"),
-            k8s.core.v1.ServiceAccountInitArgs(metadata=meta(BEAT_NAME, ns_name, self.k8s_labels)),
-            opts=self.kchild(depends_on=[logs_ns]),
-        )
-        role = k8s.rbac.v1.ClusterRole(
-            self.child_name("filebeat-role"),
-            k8s.rbac.v1.ClusterRoleInitArgs(
-                metadata=meta(f"aistack-{BEAT_NAME}", None, self.k8s_labels),
-                rules=[k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["pods", "namespaces", "nodes"],
-                                                  verbs=["get", "list", "watch"]),
-                       k8s.rbac.v1.PolicyRuleArgs(api_groups=["apps"], resources=["replicasets"],
-                                                  verbs=["get", "list", "watch"])],
-            ),
-            opts=self.kchild(),
-        )
-        binding = k8s.rbac.v1.ClusterRoleBinding(
-            self.child_name("filebeat-binding"),
-            k8s.rbac.v1.ClusterRoleBindingInitArgs(
-                metadata=meta(f"aistack-{BEAT_NAME}", None, self.k8s_labels),
-                role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
-                                                 name=f"aistack-{BEAT_NAME}"),
-                subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=BEAT_NAME, namespace=ns_name)],
-            ),
-            opts=self.kchild(depends_on=[role, account]),
-        )
+        _, binding = self._beat_identity(BEAT_NAME, ns_name, logs_ns, [
+            k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["pods", "namespaces", "nodes"],
+                                       verbs=["get", "list", "watch"]),
+            k8s.rbac.v1.PolicyRuleArgs(api_groups=["apps"], resources=["replicasets"], verbs=["get", "list", "watch"]),
+        ])
         host_paths = {"varlogcontainers": "/var/log/containers", "varlogpods": "/var/log/pods"}
         self.filebeat = k8s.apiextensions.CustomResource(
             self.child_name("filebeat"),
@@ -357,6 +336,32 @@ class Elk(K8sComponent):
         self.register_outputs({"kibana_url": self.kibana_url, "elasticsearch_url": self.elasticsearch_url,
                                "dashboards": self.dashboards, "alerts": self.alerts})
 
+    def _beat_identity(self, beat: str, ns_name: str, logs_ns: Any,
+                       rules: list[k8s.rbac.v1.PolicyRuleArgs]) -> tuple[Any, Any]:
+        """A Beat's ServiceAccount ``<beat>`` and its ClusterRole and binding ``aistack-<beat>``
+        (children ``<beat>-sa``, ``-role``, ``-binding``); returns (account, binding)."""
+        account = k8s.core.v1.ServiceAccount(
+            self.child_name(f"{beat}-sa"),
+            k8s.core.v1.ServiceAccountInitArgs(metadata=meta(beat, ns_name, self.k8s_labels)),
+            opts=self.kchild(depends_on=[logs_ns]),
+        )
+        role = k8s.rbac.v1.ClusterRole(
+            self.child_name(f"{beat}-role"),
+            k8s.rbac.v1.ClusterRoleInitArgs(metadata=meta(f"aistack-{beat}", None, self.k8s_labels), rules=rules),
+            opts=self.kchild(),
+        )
+        binding = k8s.rbac.v1.ClusterRoleBinding(
+            self.child_name(f"{beat}-binding"),
+            k8s.rbac.v1.ClusterRoleBindingInitArgs(
+                metadata=meta(f"aistack-{beat}", None, self.k8s_labels),
+                role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
+                                                 name=f"aistack-{beat}"),
+                subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=beat, namespace=ns_name)],
+            ),
+            opts=self.kchild(depends_on=[role, account]),
+        )
+        return account, binding
+
     def _metrics(self, args: ElkArgs, logs_ns: k8s.core.v1.Namespace,
                  after_operator: Sequence[pulumi.Resource]) -> None:
         """kube-state-metrics, Metricbeat's RBAC, its ILM policy and the Metricbeat Beat."""
@@ -381,39 +386,16 @@ class Elk(K8sComponent):
             ),
             opts=self.kchild(depends_on=[logs_ns]),
         )
-        account = k8s.core.v1.ServiceAccount(
-            self.child_name("metricbeat-sa"),
-            k8s.core.v1.ServiceAccountInitArgs(metadata=meta(METRICBEAT_NAME, ns_name, self.k8s_labels)),
-            opts=self.kchild(depends_on=[logs_ns]),
-        )
         read = ["get", "list", "watch"]
-        role = k8s.rbac.v1.ClusterRole(
-            self.child_name("metricbeat-role"),
-            k8s.rbac.v1.ClusterRoleInitArgs(
-                metadata=meta(f"aistack-{METRICBEAT_NAME}", None, self.k8s_labels),
-                rules=[
-                    k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], verbs=read,
-                                               resources=["nodes", "namespaces", "pods", "services", "events"]),
-                    k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["nodes/stats"], verbs=["get"]),
-                    k8s.rbac.v1.PolicyRuleArgs(api_groups=["apps"], verbs=read,
-                                               resources=["replicasets", "deployments", "daemonsets",
-                                                          "statefulsets"]),
-                    k8s.rbac.v1.PolicyRuleArgs(api_groups=["batch"], resources=["jobs", "cronjobs"], verbs=read),
-                    k8s.rbac.v1.PolicyRuleArgs(non_resource_urls=["/metrics"], verbs=["get"]),
-                ],
-            ),
-            opts=self.kchild(),
-        )
-        binding = k8s.rbac.v1.ClusterRoleBinding(
-            self.child_name("metricbeat-binding"),
-            k8s.rbac.v1.ClusterRoleBindingInitArgs(
-                metadata=meta(f"aistack-{METRICBEAT_NAME}", None, self.k8s_labels),
-                role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
-                                                 name=f"aistack-{METRICBEAT_NAME}"),
-                subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=METRICBEAT_NAME, namespace=ns_name)],
-            ),
-            opts=self.kchild(depends_on=[role, account]),
-        )
+        account, binding = self._beat_identity(METRICBEAT_NAME, ns_name, logs_ns, [
+            k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], verbs=read,
+                                       resources=["nodes", "namespaces", "pods", "services", "events"]),
+            k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["nodes/stats"], verbs=["get"]),
+            k8s.rbac.v1.PolicyRuleArgs(api_groups=["apps"], verbs=read,
+                                       resources=["replicasets", "deployments", "daemonsets", "statefulsets"]),
+            k8s.rbac.v1.PolicyRuleArgs(api_groups=["batch"], resources=["jobs", "cronjobs"], verbs=read),
+            k8s.rbac.v1.PolicyRuleArgs(non_resource_urls=["/metrics"], verbs=["get"]),
+        ])
         # The cluster-wide metricsets run on the lease holder only; the lease lives in this namespace.
         lease_role = k8s.rbac.v1.Role(
             self.child_name("metricbeat-lease-role"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,3 +85,19 @@ def services(tmp_path: Path) -> Iterator[Any]:
     yield factory
     for svc in started:
         svc.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(demo_model: Path) -> Any:
+    """ONNX Runtime on the demo model, one thread: what the service's answers are compared with."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(demo_model / "model.onnx"), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def card(demo_model: Path) -> dict[str, Any]:
+    """The demo model's card."""
+    return dict(json.loads((demo_model / "card.json").read_text()))

@@ -13,18 +13,6 @@ import pytest
 from tests.service.helpers import ServiceProcess
 
 
-@pytest.fixture(scope="module")
-def reference(demo_model: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(demo_model / "model.onnx"), options, providers=["CPUExecutionProvider"])
-
-
-@pytest.fixture(scope="module")
-def card(demo_model: Path) -> dict:
-    return json.loads((demo_model / "card.json").read_text())
-
-
 def test_healthz_and_readyz(service: ServiceProcess, card: dict) -> None:
     with service.client() as http:
         assert http.get("/healthz").json() == {"status": "ok"}

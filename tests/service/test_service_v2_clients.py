@@ -33,18 +33,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def reference(demo_model: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(demo_model / "model.onnx"), options, providers=["CPUExecutionProvider"])
-
-
-@pytest.fixture(scope="module")
-def card(demo_model: Path) -> dict:
-    return json.loads((demo_model / "card.json").read_text())
-
-
-@pytest.fixture(scope="module")
 def rows(digits: tuple) -> np.ndarray:
     return np.ascontiguousarray(digits[0][:7], dtype=np.float32)
 
