@@ -9,8 +9,9 @@ writes a model card beside it. The service needs only ONNX Runtime and the card 
 its golden input, and every stack pins that file's sha256 (``release.modelSha256``). A model is an
 artifact: it is built once, reviewed and pinned, and deploys ship that very file; they never
 retrain. ``stagectl model build`` rebuilds it (into ``build/models/digits`` by default) and checks
-the rebuild against the release, bit for bit. Rebuilds are reproducible because everything that
-decides the bytes is fixed: the data split and seeds below, the library versions
+the rebuild against the release, bit for bit. Rebuilds usually reproduce it, because nearly everything that
+decides the bytes is fixed (the memory alignment of small arrays, which follows the process's
+environment and paths, can still change the last bits): the data split and seeds below, the library versions
 (``requirements/dev.txt``), and the floating-point kernels of OpenBLAS, whose results differ in
 the last bits between CPU generations (AVX2 vs AVX-512 gemm kernels give two different models from
 the same code and versions): training runs in a fresh interpreter with OpenBLAS forced to its
