@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -80,3 +81,16 @@ def model_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     (tmp_path / "model.onnx").write_bytes(payload)
     (tmp_path / "card.json").write_text('{"name": "digits"}')
     yield tmp_path, hashlib.sha256(payload).hexdigest()
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> tuple[Path, str, dict[str, Any]]:
+    """A partner-stage model directory (model file and card) and its sha256."""
+    payload = b"a model file for the partner stage"
+    sha = hashlib.sha256(payload).hexdigest()
+    card = {"name": "digits-mlp", "sha256": sha,
+            "inputs": [{"name": "float_input", "shape": [-1, 64], "dtype": "float32"}],
+            "outputs": [{"name": "probabilities", "shape": [-1, 10], "dtype": "float32"}]}
+    (tmp_path / "model.onnx").write_bytes(payload)
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    return tmp_path, sha, card

@@ -22,8 +22,6 @@ import yaml
 
 from components import monitoring
 from components.host_workload import (
-    GpuHostWorkload,
-    HostSecrets,
     SshUser,
     compose_document,
     compose_yaml,
@@ -34,6 +32,8 @@ from components.host_workload import (
 )
 from components.runner import GitlabRunnerArgs, runner_user_data
 from tests.infra.host_sim import (
+    SHA,
+    WORKLOAD,
     ContainerView,
     Mount,
     files_under,
@@ -44,19 +44,8 @@ from tests.infra.host_sim import (
     tool,
 )
 
-DIGEST = "sha256:" + "ab" * 32
-SHA = "cd" * 32
-WORKLOAD = GpuHostWorkload(
-    stage="partner",
-    inference_image=f"cr.yandex/crp0example/inference@{DIGEST}",
-    triton_repository_url=f"s3://https://storage.yandexcloud.net:443/bucket-1/models/digits/{SHA}/triton",
-    triton_model="digits-mlp",
-    model_sha256=SHA,
-    model_uri=f"s3://bucket-1/models/digits/{SHA}/model.onnx",
-    model_card_uri=f"s3://bucket-1/models/digits/{SHA}/card.json",
-    pg_dsn="postgresql://inference@c-cluster1.rw.mdb.yandexcloud.net:6432/predictions?sslmode=verify-full",
-    secrets=HostSecrets(storage_key="e6qstoragekey", database="e6qdatabase", grafana="e6qgrafana"),
-)
+DIGEST = WORKLOAD.inference_image.rsplit("@", 1)[1]  # the released image, by digest
+
 USERS = [SshUser("ops", ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGV4YW1wbGU ops@example.com",))]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import subprocess
 import sys
@@ -25,18 +24,6 @@ PASSWORD = "Generated-Password-0123456789xyz"
 TOKEN = "glrt-SECRET-runner-token-value"
 OUTPUTS = {"service_url", "host_ip", "grafana_url", "prometheus_url", "postgres_host", "postgres_database",
            "postgres_user", "bucket_name", "registry_id", "image_repository", "triton_repository", "model_uri"}
-
-
-@pytest.fixture
-def model(tmp_path: Path) -> tuple[Path, str, dict[str, Any]]:
-    payload = b"a model file for the partner stage"
-    sha = hashlib.sha256(payload).hexdigest()
-    card = {"name": "digits-mlp", "sha256": sha,
-            "inputs": [{"name": "float_input", "shape": [-1, 64], "dtype": "float32"}],
-            "outputs": [{"name": "probabilities", "shape": [-1, 10], "dtype": "float32"}]}
-    (tmp_path / "model.onnx").write_bytes(payload)
-    (tmp_path / "card.json").write_text(json.dumps(card))
-    return tmp_path, sha, card
 
 
 def config_for(model: tuple[Path, str, dict[str, Any]], **overrides: Any) -> dict[str, str]:

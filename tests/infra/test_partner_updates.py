@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
 import json
 import subprocess
 import zlib
@@ -30,18 +29,6 @@ from tests.infra.resource_options import lookup, property_path, record_options
 from tests.infra.test_partner_stack import config_for
 
 VM = "partner-gpu-vm"
-
-
-@pytest.fixture
-def model(tmp_path: Path) -> tuple[Path, str, dict[str, Any]]:
-    payload = b"a model file for the partner stage"
-    sha = hashlib.sha256(payload).hexdigest()
-    card = {"name": "digits-mlp", "sha256": sha,
-            "inputs": [{"name": "float_input", "shape": [-1, 64], "dtype": "float32"}],
-            "outputs": [{"name": "probabilities", "shape": [-1, 10], "dtype": "float32"}]}
-    (tmp_path / "model.onnx").write_bytes(payload)
-    (tmp_path / "card.json").write_text(json.dumps(card))
-    return tmp_path, sha, card
 
 
 def vm_inputs(rec: Recorded) -> dict[str, Any]:
